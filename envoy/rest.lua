@@ -1,0 +1,78 @@
+-- Gives REST clients the seed's replies where the gRPC-JSON transcoder alone
+-- cannot (see ../shared/ENVOY-NOTES.md):
+--   * a successful POST answers 201, a successful DELETE 204 with no body;
+--   * a reply message made of one repeated field (ListContactsResponse,
+--     ListCompaniesResponse) reaches the client as the bare JSON array;
+--   * a gRPC error becomes {"detail": "<grpc-message>"}.
+-- Native gRPC requests (content-type application/grpc...) pass untouched.
+
+local REST = "contacts.rest"
+
+function envoy_on_request(handle)
+  local content_type = handle:headers():get("content-type") or ""
+  if content_type:sub(1, 16) ~= "application/grpc" then
+    handle:streamInfo():dynamicMetadata():set(REST, "method", handle:headers():get(":method"))
+  end
+end
+
+-- grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec).
+local function percent_decode(s)
+  return (s:gsub("%%(%x%x)", function(hex)
+    return string.char(tonumber(hex, 16))
+  end))
+end
+
+local JSON_ESCAPES = { ['"'] = '\\"', ["\\"] = "\\\\", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+
+local function json_string(s)
+  return '"' .. s:gsub('[%c"\\]', function(c)
+    return JSON_ESCAPES[c] or string.format("\\u%04x", c:byte())
+  end) .. '"'
+end
+
+local function replace_body(handle, bytes)
+  handle:body(true):setBytes(bytes)
+  handle:headers():replace("content-length", tostring(#bytes))
+end
+
+function envoy_on_response(handle)
+  local rest = handle:streamInfo():dynamicMetadata():get(REST)
+  if rest == nil then
+    return
+  end
+  local headers = handle:headers()
+  local grpc_status = headers:get("grpc-status")
+  local grpc_message = headers:get("grpc-message")
+  -- gRPC framing details mean nothing to a REST client.
+  headers:remove("grpc-status")
+  headers:remove("grpc-message")
+  headers:remove("grpc-accept-encoding")
+
+  if grpc_status ~= nil and grpc_status ~= "0" then
+    local message = percent_decode(grpc_message or "")
+    headers:replace("content-type", "application/json")
+    replace_body(handle, '{"detail":' .. json_string(message) .. "}")
+    return
+  end
+
+  if headers:get(":status") ~= "200" then
+    return
+  end
+  local method = rest["method"]
+  if method == "POST" then
+    headers:replace(":status", "201")
+  elseif method == "DELETE" then
+    headers:replace(":status", "204")
+    handle:body(true):setBytes("")
+    headers:remove("content-length")
+    headers:remove("content-type")
+  elseif method == "GET" then
+    local body = handle:body()
+    if body ~= nil then
+      local array = body:getBytes(0, body:length()):match('^{"[%w_]+":(%[.*%])}$')
+      if array ~= nil then
+        replace_body(handle, array)
+      end
+    end
+  end
+end

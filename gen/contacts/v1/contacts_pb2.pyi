@@ -1,0 +1,172 @@
+import datetime
+
+from google.api import annotations_pb2 as _annotations_pb2
+from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Auth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    AUTH_UNSPECIFIED: _ClassVar[Auth]
+    AUTH_REQUIRED: _ClassVar[Auth]
+    AUTH_PUBLIC: _ClassVar[Auth]
+
+class RateClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RATE_CLASS_UNSPECIFIED: _ClassVar[RateClass]
+    RATE_CLASS_GENERAL: _ClassVar[RateClass]
+    RATE_CLASS_CREATE: _ClassVar[RateClass]
+AUTH_UNSPECIFIED: Auth
+AUTH_REQUIRED: Auth
+AUTH_PUBLIC: Auth
+RATE_CLASS_UNSPECIFIED: RateClass
+RATE_CLASS_GENERAL: RateClass
+RATE_CLASS_CREATE: RateClass
+POLICY_FIELD_NUMBER: _ClassVar[int]
+policy: _descriptor.FieldDescriptor
+
+class Policy(_message.Message):
+    __slots__ = ("auth", "rate")
+    AUTH_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
+    auth: Auth
+    rate: RateClass
+    def __init__(self, auth: _Optional[_Union[Auth, str]] = ..., rate: _Optional[_Union[RateClass, str]] = ...) -> None: ...
+
+class Contact(_message.Message):
+    __slots__ = ("id", "company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary", "created_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_NAME_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATION_FIELD_NUMBER: _ClassVar[int]
+    IS_PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    company_id: str
+    first_name: str
+    last_name: str
+    email: str
+    phone: str
+    designation: str
+    is_primary: bool
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., company_id: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., designation: _Optional[str] = ..., is_primary: _Optional[bool] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Company(_message.Message):
+    __slots__ = ("id", "name", "owner_id", "created_at", "updated_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OWNER_ID_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    owner_id: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., owner_id: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ListContactsRequest(_message.Message):
+    __slots__ = ("company_id", "skip", "limit")
+    COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    company_id: str
+    skip: int
+    limit: int
+    def __init__(self, company_id: _Optional[str] = ..., skip: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListContactsResponse(_message.Message):
+    __slots__ = ("contacts",)
+    CONTACTS_FIELD_NUMBER: _ClassVar[int]
+    contacts: _containers.RepeatedCompositeFieldContainer[Contact]
+    def __init__(self, contacts: _Optional[_Iterable[_Union[Contact, _Mapping]]] = ...) -> None: ...
+
+class GetContactRequest(_message.Message):
+    __slots__ = ("contact_id",)
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    contact_id: str
+    def __init__(self, contact_id: _Optional[str] = ...) -> None: ...
+
+class CreateContactRequest(_message.Message):
+    __slots__ = ("company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary")
+    COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_NAME_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATION_FIELD_NUMBER: _ClassVar[int]
+    IS_PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    company_id: str
+    first_name: str
+    last_name: str
+    email: str
+    phone: str
+    designation: str
+    is_primary: bool
+    def __init__(self, company_id: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., designation: _Optional[str] = ..., is_primary: _Optional[bool] = ...) -> None: ...
+
+class UpdateContactRequest(_message.Message):
+    __slots__ = ("contact_id", "company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary")
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
+    FIRST_NAME_FIELD_NUMBER: _ClassVar[int]
+    LAST_NAME_FIELD_NUMBER: _ClassVar[int]
+    EMAIL_FIELD_NUMBER: _ClassVar[int]
+    PHONE_FIELD_NUMBER: _ClassVar[int]
+    DESIGNATION_FIELD_NUMBER: _ClassVar[int]
+    IS_PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    contact_id: str
+    company_id: str
+    first_name: str
+    last_name: str
+    email: str
+    phone: str
+    designation: str
+    is_primary: bool
+    def __init__(self, contact_id: _Optional[str] = ..., company_id: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., designation: _Optional[str] = ..., is_primary: _Optional[bool] = ...) -> None: ...
+
+class DeleteContactRequest(_message.Message):
+    __slots__ = ("contact_id",)
+    CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
+    contact_id: str
+    def __init__(self, contact_id: _Optional[str] = ...) -> None: ...
+
+class CreateCompanyRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class GetCompanyRequest(_message.Message):
+    __slots__ = ("company_id",)
+    COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
+    company_id: str
+    def __init__(self, company_id: _Optional[str] = ...) -> None: ...
+
+class ListCompaniesRequest(_message.Message):
+    __slots__ = ("skip", "limit")
+    SKIP_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    skip: int
+    limit: int
+    def __init__(self, skip: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class ListCompaniesResponse(_message.Message):
+    __slots__ = ("companies",)
+    COMPANIES_FIELD_NUMBER: _ClassVar[int]
+    companies: _containers.RepeatedCompositeFieldContainer[Company]
+    def __init__(self, companies: _Optional[_Iterable[_Union[Company, _Mapping]]] = ...) -> None: ...

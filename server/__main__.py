@@ -1,0 +1,73 @@
+"""Command line: `python -m server run|serve|envoy-config|token`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from server import stack
+from server.app import create_app
+from server.auth import Tokens
+from server.settings import Settings, SettingsError
+
+
+def serve(settings: Settings) -> int:
+    app = create_app(settings)
+    app.start()
+    logging.getLogger("server").info("serving gRPC on :%d", app.port)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+    app.stop()
+    return 0
+
+
+def envoy_config(settings: Settings, validate: bool) -> int:
+    path = stack.write_envoy_config(settings)
+    if validate:
+        stack.validate_envoy_config(path)
+        print(f"{path}: valid")
+    else:
+        print(path)
+    return 0
+
+
+def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
+    print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("run", help="the gRPC server and Envoy, in the foreground")
+    commands.add_parser("serve", help="the gRPC server alone")
+    config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
+    config.add_argument("--validate", action="store_true", help="and check it with envoy")
+    tok = commands.add_parser("token", help="print a bearer token signed with the secret")
+    tok.add_argument("--sub", required=True, help="the user id the token names")
+    tok.add_argument("--superuser", action="store_true")
+    tok.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        settings = Settings.from_env()
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "run":
+        return stack.run(settings)
+    if args.command == "serve":
+        return serve(settings)
+    if args.command == "envoy-config":
+        return envoy_config(settings, args.validate)
+    return token(settings, args.sub, args.superuser, args.lifetime)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

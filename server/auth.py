@@ -1,0 +1,103 @@
+"""Bearer tokens (HS256 JWTs) and the ownership rules built on the caller they name."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Protocol
+
+import jwt
+
+from server.errors import InvalidToken, NotAuthenticated, NotCompanyOwner, SuperuserRequired
+
+ALGORITHM = "HS256"
+LEEWAY_SECONDS = 10
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who is calling, as a verified token says."""
+
+    sub: str
+    is_superuser: bool = False
+
+
+_current: ContextVar[Caller | None] = ContextVar("caller", default=None)
+
+
+def caller() -> Caller | None:
+    """The verified caller of the RPC being served, or None when no token was sent."""
+    return _current.get()
+
+
+def authenticated() -> Caller:
+    """The caller of an RPC whose policy requires a token."""
+    who = _current.get()
+    if who is None:
+        raise NotAuthenticated()
+    return who
+
+
+class Owned(Protocol):
+    owner_id: str
+
+
+def require_owner(who: Caller, company: Owned | None) -> None:
+    """A company's contacts are its owner's (and superusers'). A missing company
+    is refused like a foreign one, so that ids cannot be probed."""
+    if who.is_superuser:
+        return
+    if company is None or company.owner_id != who.sub:
+        raise NotCompanyOwner()
+
+
+def require_superuser(who: Caller) -> None:
+    if not who.is_superuser:
+        raise SuperuserRequired()
+
+
+class Tokens:
+    """Signs and verifies the service's bearer tokens."""
+
+    def __init__(self, secret: str) -> None:
+        self._secret = secret
+
+    def issue(self, sub: str, superuser: bool = False, lifetime: int = 3600) -> str:
+        claims: dict[str, object] = {"sub": sub, "exp": int(time.time()) + lifetime}
+        if superuser:
+            claims["is_superuser"] = True
+        return jwt.encode(claims, self._secret, algorithm=ALGORITHM)
+
+    def verify(self, authorization: str) -> Caller:
+        """The caller named by an `Authorization: Bearer <JWT>` value; InvalidToken otherwise."""
+        scheme, _, token = authorization.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token or " " in token or "," in token:
+            raise InvalidToken()
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[ALGORITHM],
+                options={"require": ["exp", "sub"]},
+                leeway=LEEWAY_SECONDS,
+            )
+        except jwt.PyJWTError:
+            raise InvalidToken() from None
+        sub = claims["sub"]
+        if not isinstance(sub, str) or not sub:
+            raise InvalidToken()
+        return Caller(sub=sub, is_superuser=claims.get("is_superuser") is True)
+
+
+@contextmanager
+def serving(who: Caller | None) -> Iterator[None]:
+    """Binds the caller for the duration of one RPC (the auth interceptor's job)."""
+    binding = _current.set(who)
+    try:
+        yield
+    finally:
+        _current.reset(binding)

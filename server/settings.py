@@ -1,0 +1,90 @@
+"""Configuration: read once from the CONTACTS_* environment into a frozen object."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = PROJECT_ROOT / "data"
+MIN_SECRET_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """The environment holds a value the service cannot run with."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be at least {minimum}, got {value}")
+    return value
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    try:
+        return tuple(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
+    except ValueError as error:
+        raise SettingsError(f"CONTACTS_TRUSTED_PROXIES: {error}") from None
+
+
+def local_secret(data_dir: Path = DATA_DIR) -> str:
+    """The local-run JWT secret: made once, kept 0600 in the data folder."""
+    path = data_dir / "jwt-secret"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(secrets.token_urlsafe(48))
+        log.warning("CONTACTS_JWT_SECRET is not set: generated one for local runs in %s", path)
+    return path.read_text().strip()
+
+
+@dataclass(frozen=True)
+class Settings:
+    grpc_port: int = 50051
+    http_port: int = 8080
+    envoy_admin_port: int = 9901
+    database_url: str = f"sqlite:///{DATA_DIR / 'contacts.db'}"
+    jwt_secret: str = field(default="", repr=False)
+    rate_limit_create: int = 60
+    rate_limit_default: int = 120
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _networks(
+        "127.0.0.0/8,::1/128"
+    )
+    workers: int = 16
+
+    def __post_init__(self) -> None:
+        if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"CONTACTS_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        defaults = cls.__dataclass_fields__
+        return cls(
+            grpc_port=_int(env, "CONTACTS_GRPC_PORT", defaults["grpc_port"].default),
+            http_port=_int(env, "CONTACTS_HTTP_PORT", defaults["http_port"].default),
+            envoy_admin_port=_int(
+                env, "CONTACTS_ENVOY_ADMIN_PORT", defaults["envoy_admin_port"].default
+            ),
+            database_url=env.get("CONTACTS_DATABASE_URL") or defaults["database_url"].default,
+            jwt_secret=env.get("CONTACTS_JWT_SECRET") or local_secret(),
+            rate_limit_create=_int(env, "CONTACTS_RATE_LIMIT_CREATE", 60),
+            rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", 120),
+            trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", "127.0.0.0/8,::1/128")),
+        )

@@ -1,0 +1,87 @@
+"""Validation of client input: every failure names the field (InvalidField)."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Any, Protocol
+
+from server.errors import InvalidField
+
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+
+# Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
+# is the mail server's business, not ours.
+_EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# field -> (maximum length, required to be non-blank)
+_TEXT_FIELDS = {
+    "first_name": (100, True),
+    "last_name": (100, False),
+    "email": (254, True),
+    "phone": (50, False),
+    "designation": (100, False),
+    "name": (200, True),
+}
+
+
+class Message(Protocol):
+    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 (protobuf's name)
+
+
+def parse_uuid(value: str, field: str) -> uuid.UUID:
+    if not value:
+        raise InvalidField(field, "is required")
+    try:
+        # uuid.UUID also takes braces and urn: prefixes; the contract speaks
+        # of canonical UUID strings, so insist on 36 characters.
+        if len(value) != 36:
+            raise ValueError
+        return uuid.UUID(value)
+    except ValueError:
+        raise InvalidField(field, "must be a UUID") from None
+
+
+def text(value: str, field: str) -> str:
+    limit, required = _TEXT_FIELDS[field]
+    if required and not value.strip():
+        raise InvalidField(field, "is required")
+    if len(value) > limit:
+        raise InvalidField(field, f"must be at most {limit} characters")
+    if _CONTROL.search(value):
+        raise InvalidField(field, "must not contain control characters")
+    if field == "email" and not _EMAIL.fullmatch(value):
+        raise InvalidField(field, "must be a valid email address")
+    return value
+
+
+def page(skip: int, limit: int) -> tuple[int, int]:
+    if skip < 0:
+        raise InvalidField("skip", "must not be negative")
+    if limit < 0 or limit > MAX_PAGE:
+        raise InvalidField("limit", f"must be between 1 and {MAX_PAGE}")
+    return skip, limit or DEFAULT_PAGE
+
+
+def contact_fields(request: Any, partial: bool) -> dict[str, Any]:
+    """The store's columns from a Create (partial=False) or Update request.
+
+    Optional fields that the request does not set are left out, so that an
+    update changes only what the client sent.
+    """
+    fields: dict[str, Any] = {}
+    for name in ("first_name", "email"):
+        if not partial or request.HasField(name):
+            fields[name] = text(getattr(request, name), name)
+    for name in ("last_name", "phone", "designation"):
+        if request.HasField(name):
+            fields[name] = text(getattr(request, name), name)
+    if request.HasField("company_id"):
+        fields["company"] = parse_uuid(request.company_id, "company_id")
+    if not partial:
+        fields["is_primary"] = request.is_primary
+    elif request.HasField("is_primary"):
+        fields["is_primary"] = request.is_primary
+    return fields
