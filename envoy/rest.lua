@@ -63,9 +63,9 @@ function envoy_on_response(handle)
     headers:replace(":status", "201")
   elseif method == "DELETE" then
     headers:replace(":status", "204")
+    headers:remove("content-type")
     handle:body(true):setBytes("")
     headers:remove("content-length")
-    headers:remove("content-type")
   elseif method == "GET" then
     local body = handle:body()
     if body ~= nil then

@@ -29,7 +29,11 @@ class ErrorInterceptor(ExceptionToStatusInterceptor):
     """
 
     def handle_exception(
-        self, ex: Exception, request_or_iterator: Any, context: grpc.ServicerContext, method_name: str
+        self,
+        ex: Exception,
+        request_or_iterator: Any,
+        context: grpc.ServicerContext,
+        method_name: str,
     ) -> NoReturn:
         if isinstance(ex, GrpcException):
             headers = getattr(ex, "headers", ())

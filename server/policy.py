@@ -10,9 +10,8 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from google.protobuf.descriptor import FileDescriptor
-
 from contacts.v1 import contacts_pb2
+from google.protobuf.descriptor import FileDescriptor
 
 # Infrastructure every client needs without a token: grpcurl's reflection and
 # the health checks of Envoy and orchestrators. Never authenticated or limited.

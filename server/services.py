@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import empty_pb2, timestamp_pb2
-
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
+from google.protobuf import empty_pb2, timestamp_pb2
+
 from server import store as db
 from server.auth import authenticated, require_owner, require_superuser
 from server.errors import CompanyForbidden, CompanyNotFound
@@ -58,7 +58,9 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         rows = self.store.list_contacts(company_id, skip, limit)
         return pb.ListContactsResponse(contacts=[contact_message(row) for row in rows])
 
-    def GetContact(self, request: pb.GetContactRequest, context: grpc.ServicerContext) -> pb.Contact:
+    def GetContact(
+        self, request: pb.GetContactRequest, context: grpc.ServicerContext
+    ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
         return contact_message(self.store.get_contact(contact_id))
 
@@ -97,7 +99,9 @@ class Companies(pb_grpc.CompaniesServiceServicer):
         name = text(request.name, "name")
         return company_message(self.store.create_company(name, owner_id=authenticated().sub))
 
-    def GetCompany(self, request: pb.GetCompanyRequest, context: grpc.ServicerContext) -> pb.Company:
+    def GetCompany(
+        self, request: pb.GetCompanyRequest, context: grpc.ServicerContext
+    ) -> pb.Company:
         company_id = parse_uuid(request.company_id, "company_id")
         who = authenticated()
         company = self.store.find_company(company_id)

@@ -53,6 +53,9 @@ def local_secret(data_dir: Path = DATA_DIR) -> str:
     return path.read_text().strip()
 
 
+LOOPBACK = "127.0.0.0/8,::1/128"
+
+
 @dataclass(frozen=True)
 class Settings:
     grpc_port: int = 50051
@@ -62,9 +65,7 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     rate_limit_create: int = 60
     rate_limit_default: int = 120
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _networks(
-        "127.0.0.0/8,::1/128"
-    )
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _networks(LOOPBACK)
     workers: int = 16
 
     def __post_init__(self) -> None:
@@ -75,16 +76,13 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        defaults = cls.__dataclass_fields__
         return cls(
-            grpc_port=_int(env, "CONTACTS_GRPC_PORT", defaults["grpc_port"].default),
-            http_port=_int(env, "CONTACTS_HTTP_PORT", defaults["http_port"].default),
-            envoy_admin_port=_int(
-                env, "CONTACTS_ENVOY_ADMIN_PORT", defaults["envoy_admin_port"].default
-            ),
-            database_url=env.get("CONTACTS_DATABASE_URL") or defaults["database_url"].default,
+            grpc_port=_int(env, "CONTACTS_GRPC_PORT", cls.grpc_port),
+            http_port=_int(env, "CONTACTS_HTTP_PORT", cls.http_port),
+            envoy_admin_port=_int(env, "CONTACTS_ENVOY_ADMIN_PORT", cls.envoy_admin_port),
+            database_url=env.get("CONTACTS_DATABASE_URL") or cls.database_url,
             jwt_secret=env.get("CONTACTS_JWT_SECRET") or local_secret(),
-            rate_limit_create=_int(env, "CONTACTS_RATE_LIMIT_CREATE", 60),
-            rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", 120),
-            trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", "127.0.0.0/8,::1/128")),
+            rate_limit_create=_int(env, "CONTACTS_RATE_LIMIT_CREATE", cls.rate_limit_create),
+            rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", cls.rate_limit_default),
+            trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", LOOPBACK)),
         )

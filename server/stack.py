@@ -42,7 +42,9 @@ def render_envoy_config(
     )
 
 
-def write_envoy_config(settings: Settings, path: Path = DATA_DIR / "envoy.yaml") -> Path:
+def write_envoy_config(settings: Settings) -> Path:
+    # One file per HTTP port, so that stacks side by side keep their own.
+    path = DATA_DIR / f"envoy-{settings.http_port}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(settings.grpc_port, settings.http_port, settings.envoy_admin_port)

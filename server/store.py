@@ -49,6 +49,7 @@ class Contact(BaseModel):
     company = peewee.ForeignKeyField(
         Company, null=True, column_name="company_id", backref="contacts", on_delete="CASCADE"
     )
+    company_id: uuid.UUID | None  # peewee's accessor for the raw foreign key
     first_name = peewee.CharField(max_length=100)
     last_name = peewee.CharField(max_length=100, null=True)
     email = peewee.CharField(max_length=254)

@@ -28,7 +28,7 @@ _TEXT_FIELDS = {
 
 
 class Message(Protocol):
-    def HasField(self, field_name: str) -> bool: ...  # noqa: N802 (protobuf's name)
+    def HasField(self, field_name: str) -> bool: ...
 
 
 def parse_uuid(value: str, field: str) -> uuid.UUID:
@@ -80,8 +80,6 @@ def contact_fields(request: Any, partial: bool) -> dict[str, Any]:
             fields[name] = text(getattr(request, name), name)
     if request.HasField("company_id"):
         fields["company"] = parse_uuid(request.company_id, "company_id")
-    if not partial:
-        fields["is_primary"] = request.is_primary
-    elif request.HasField("is_primary"):
+    if not partial or request.HasField("is_primary"):
         fields["is_primary"] = request.is_primary
     return fields

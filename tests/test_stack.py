@@ -1,0 +1,96 @@
+"""`make run` as a person uses it: the whole stack up, answering, and gone after Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from server.settings import PROJECT_ROOT, Settings, SettingsError, local_secret
+from tests.conftest import free_port, wait_for
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_run_serves_rest_and_grpc_then_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    env = {
+        **os.environ,
+        "CONTACTS_GRPC_PORT": str(grpc_port),
+        "CONTACTS_HTTP_PORT": str(http_port),
+        "CONTACTS_ENVOY_ADMIN_PORT": str(admin_port),
+        "CONTACTS_DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
+        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
+    }
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "server", "run"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(
+            lambda: (
+                requests.get(
+                    f"http://127.0.0.1:{http_port}/contacts/{uuid.uuid4()}", timeout=2
+                ).status_code
+                == 404
+            ),
+            what="the stack to answer",
+        )
+        created = requests.post(
+            f"http://127.0.0.1:{http_port}/contacts",
+            json={"first_name": "R", "email": "r@x.io"},
+            timeout=5,
+        )
+        assert created.status_code == 201
+        assert listening(grpc_port) and listening(admin_port)
+        stack.send_signal(signum)
+        assert stack.wait(timeout=20) == 0
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+    for port in (grpc_port, http_port, admin_port):
+        assert not listening(port), port
+
+
+def test_local_secret_is_made_once_and_private(tmp_path: Path) -> None:
+    first = local_secret(tmp_path)
+    assert len(first.encode()) >= 32
+    assert local_secret(tmp_path) == first
+    assert stat.S_IMODE((tmp_path / "jwt-secret").stat().st_mode) == 0o600
+
+
+def test_a_short_secret_is_refused() -> None:
+    with pytest.raises(SettingsError, match="at least 32 bytes"):
+        Settings.from_env({"CONTACTS_JWT_SECRET": "too-short"})
+
+
+def test_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "CONTACTS_JWT_SECRET": "s" * 32,
+            "CONTACTS_GRPC_PORT": "6000",
+            "CONTACTS_RATE_LIMIT_CREATE": "0",
+            "CONTACTS_TRUSTED_PROXIES": "10.0.0.0/8",
+        }
+    )
+    assert settings.grpc_port == 6000
+    assert settings.rate_limit_create == 0
+    assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8"]
+    with pytest.raises(SettingsError, match="CONTACTS_HTTP_PORT"):
+        Settings.from_env({"CONTACTS_JWT_SECRET": "s" * 32, "CONTACTS_HTTP_PORT": "eighty"})
