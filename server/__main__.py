@@ -12,10 +12,12 @@ from server import stack
 from server.app import create_app
 from server.auth import Tokens
 from server.settings import Settings, SettingsError
+from server.store import Store
 
 
 def serve(settings: Settings) -> int:
-    app = create_app(settings)
+    store = Store(settings.database_url, max_connections=settings.workers)
+    app = create_app(settings, store)
     app.start()
     logging.getLogger("server").info("serving gRPC on :%d", app.port)
     stop = threading.Event()
@@ -23,6 +25,7 @@ def serve(settings: Settings) -> int:
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
     app.stop()
+    store.close()
     return 0
 
 

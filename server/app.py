@@ -11,8 +11,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from server.auth import Tokens
-from server.interceptors import AuthInterceptor, ErrorInterceptor
-from server.policy import Policies
+from server.interceptors import AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
+from server.limits import Buckets, MemoryBuckets, RedisBuckets
+from server.policy import Policies, RateClass
 from server.services import Companies, Contacts
 from server.settings import Settings
 from server.store import Store
@@ -25,7 +26,6 @@ class App:
     server: grpc.Server
     port: int
     health: health.HealthServicer
-    store: Store
 
     def start(self) -> None:
         self.server.start()
@@ -36,17 +36,25 @@ class App:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        self.store.close()
 
 
-def create_app(settings: Settings, host: str = "[::]") -> App:
+def create_app(
+    settings: Settings, store: Store, host: str = "[::]", buckets: Buckets | None = None
+) -> App:
     """The server bound to settings.grpc_port (0 picks a free port: see App.port)."""
-    store = Store(settings.database_url, max_connections=settings.workers)
+    policies = Policies()
+    if buckets is None:
+        buckets = RedisBuckets(settings.redis_url) if settings.redis_url else MemoryBuckets()
+    limits = {
+        RateClass.CREATE: settings.rate_limit_create,
+        RateClass.GENERAL: settings.rate_limit_default,
+    }
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
         interceptors=[
             ErrorInterceptor(),
-            AuthInterceptor(Tokens(settings.jwt_secret), Policies()),
+            AuthInterceptor(Tokens(settings.jwt_secret), policies),
+            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies),
         ],
         # grpcio sets SO_REUSEPORT by default, which would let a second server
         # silently share a busy port; fail loudly instead.
@@ -62,4 +70,4 @@ def create_app(settings: Settings, host: str = "[::]") -> App:
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     if port == 0:
         raise OSError(f"cannot listen on gRPC port {settings.grpc_port}")
-    return App(server, port, health_servicer, store)
+    return App(server, port, health_servicer)

@@ -58,3 +58,13 @@ class SuperuserRequired(exceptions.PermissionDenied):
 
 class StoreUnavailable(exceptions.Unavailable):
     details = "The database is unavailable, try again shortly"
+
+
+class RateLimited(exceptions.ResourceExhausted):
+    """REST 429; the headers say when to come back."""
+
+    details = "Rate limit exceeded"
+
+    def __init__(self, headers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__()
+        self.headers = headers

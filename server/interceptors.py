@@ -1,7 +1,8 @@
-"""The interceptor chain: errors → auth (→ rate limits). Each reads RPC policy from the proto."""
+"""The interceptor chain: errors → auth → rate limits. Each reads RPC policy from the proto."""
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any, NoReturn
@@ -10,9 +11,11 @@ import grpc
 from grpc_interceptor import ExceptionToStatusInterceptor, ServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
-from server.auth import Tokens, serving
-from server.errors import InvalidToken, NotAuthenticated
-from server.policy import INFRASTRUCTURE_RULE, Access, Policies
+from server.auth import Tokens, caller, serving
+from server.errors import InvalidToken, NotAuthenticated, RateLimited
+from server.limits import Buckets
+from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
+from server.settings import Networks
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +70,74 @@ class AuthInterceptor(ServerInterceptor):
             raise NotAuthenticated()
         with serving(who):
             return method(request, context)
+
+
+CLIENT_ADDRESS_HEADER = "x-contacts-client-address"  # written by Envoy (envoy.yaml.tmpl)
+
+
+def peer_address(context: grpc.ServicerContext) -> str:
+    """The peer's IP from grpc's "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678"."""
+    peer = context.peer() or ""
+    kind, _, rest = peer.partition(":")
+    if kind == "ipv6":
+        return rest.rpartition("]")[0].lstrip("[")
+    if kind == "ipv4":
+        return rest.rpartition(":")[0]
+    return peer
+
+
+class RateLimitInterceptor(ServerInterceptor):
+    """Draws one token per call from the caller's bucket of the RPC's declared rate class.
+
+    The caller is the token's `sub`, else the address Envoy saw, believed
+    only from a trusted proxy, else the gRPC peer address.
+    """
+
+    def __init__(
+        self,
+        buckets: Buckets,
+        policies: Policies,
+        limits: dict[RateClass, int],
+        trusted_proxies: Networks,
+    ) -> None:
+        self._buckets = buckets
+        self._policies = policies
+        self._limits = limits
+        self._trusted = trusted_proxies
+
+    def client(self, context: grpc.ServicerContext) -> str:
+        who = caller()
+        if who is not None:
+            return f"sub:{who.sub}"
+        address = peer_address(context)
+        if self._is_trusted(address):
+            forwarded = metadata_values(context, CLIENT_ADDRESS_HEADER)
+            if len(forwarded) == 1 and forwarded[0]:
+                return f"ip:{forwarded[0]}"
+        return f"ip:{address}"
+
+    def _is_trusted(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(ip in network for network in self._trusted)
+
+    def intercept(
+        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+    ) -> Any:
+        rate = self._policies[method_name].rate
+        limit = self._limits[rate] if rate is not None else 0
+        if rate is None or not limit:  # infrastructure, or the limit is off
+            return method(request, context)
+        verdict = self._buckets.take(f"{rate.value}:{self.client(context)}", limit)
+        if not verdict.allowed:
+            raise RateLimited(verdict.headers())
+        try:
+            response = method(request, context)
+        except GrpcException as error:
+            error.headers = (*getattr(error, "headers", ()), *verdict.headers())  # type: ignore[attr-defined]
+            raise
+        # Initial metadata, which Envoy turns into REST response headers.
+        context.send_initial_metadata(verdict.headers())
+        return response

@@ -34,7 +34,10 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+Networks = tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+
+
+def _networks(raw: str) -> Networks:
     try:
         return tuple(ipaddress.ip_network(part.strip()) for part in raw.split(",") if part.strip())
     except ValueError as error:
@@ -54,6 +57,7 @@ def local_secret(data_dir: Path = DATA_DIR) -> str:
 
 
 LOOPBACK = "127.0.0.0/8,::1/128"
+LOOPBACK_NETWORKS = _networks(LOOPBACK)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class Settings:
     jwt_secret: str = field(default="", repr=False)
     rate_limit_create: int = 60
     rate_limit_default: int = 120
-    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = _networks(LOOPBACK)
+    trusted_proxies: Networks = LOOPBACK_NETWORKS
+    redis_url: str = ""  # empty: buckets live in this process's memory
     workers: int = 16
 
     def __post_init__(self) -> None:
@@ -85,4 +90,5 @@ class Settings:
             rate_limit_create=_int(env, "CONTACTS_RATE_LIMIT_CREATE", cls.rate_limit_create),
             rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", cls.rate_limit_default),
             trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", LOOPBACK)),
+            redis_url=env.get("CONTACTS_REDIS_URL", ""),
         )

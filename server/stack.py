@@ -13,6 +13,7 @@ from string import Template
 
 from server.app import create_app
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings
+from server.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,8 @@ def stop_envoy(envoy: subprocess.Popen[bytes]) -> None:
 
 def run(settings: Settings) -> int:
     """Serves until SIGINT/SIGTERM or until Envoy exits; leaves no process behind."""
-    app = create_app(settings)
+    store = Store(settings.database_url, max_connections=settings.workers)
+    app = create_app(settings, store)
     config = write_envoy_config(settings)
     validate_envoy_config(config)
     app.start()
@@ -104,3 +106,4 @@ def run(settings: Settings) -> int:
     finally:
         stop_envoy(envoy)
         app.stop()
+        store.close()

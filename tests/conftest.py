@@ -27,6 +27,7 @@ from server import stack
 from server.app import App, create_app
 from server.auth import Tokens
 from server.settings import Settings
+from server.store import Store
 
 BACKEND = os.environ.get("CONTACTS_TEST_BACKEND", "sqlite")
 POSTGRES_ADMIN_DSN = os.environ.get(
@@ -90,8 +91,15 @@ def settings(database_url: str) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def app(settings: Settings) -> Iterator[App]:
-    running = create_app(settings, host="127.0.0.1")
+def store(settings: Settings) -> Iterator[Store]:
+    opened = Store(settings.database_url)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture(scope="session")
+def app(settings: Settings, store: Store) -> Iterator[App]:
+    running = create_app(settings, store, host="127.0.0.1")
     running.start()
     yield running
     running.stop(grace=1)
