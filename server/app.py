@@ -6,10 +6,10 @@ from concurrent import futures
 from dataclasses import dataclass
 
 import grpc
-from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from server.auth import Tokens
 from server.interceptors import AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
 from server.limits import Buckets, MemoryBuckets, RedisBuckets

@@ -10,8 +10,9 @@ import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from contacts.v1 import contacts_pb2
 from google.protobuf.descriptor import FileDescriptor
+
+from contacts.v1 import contacts_pb2
 
 # Infrastructure every client needs without a token: grpcurl's reflection and
 # the health checks of Envoy and orchestrators. Never authenticated or limited.

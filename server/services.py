@@ -5,10 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import grpc
-from contacts.v1 import contacts_pb2 as pb
-from contacts.v1 import contacts_pb2_grpc as pb_grpc
 from google.protobuf import empty_pb2, timestamp_pb2
 
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc as pb_grpc
 from server import store as db
 from server.auth import authenticated, require_owner, require_superuser
 from server.errors import CompanyForbidden, CompanyNotFound

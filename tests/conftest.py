@@ -21,8 +21,8 @@ import grpc
 import psycopg2
 import pytest
 import requests
-from contacts.v1 import contacts_pb2_grpc
 
+from contacts.v1 import contacts_pb2_grpc
 from server import stack
 from server.app import App, create_app
 from server.auth import Tokens

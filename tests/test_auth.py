@@ -11,9 +11,9 @@ from typing import Any
 import grpc
 import jwt
 import pytest
+
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-
 from server.auth import Tokens
 from server.policy import Access, Policies
 from tests.conftest import Rest, bearer, body

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import grpc
 import pytest
-from contacts.v1 import contacts_pb2 as pb
-from contacts.v1 import contacts_pb2_grpc
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
 from server.app import App
 from tests.conftest import Envoy, bearer
 

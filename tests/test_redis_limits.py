@@ -1,0 +1,190 @@
+"""Buckets shared through Redis: exact across threads and processes, failing open."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
+from server.auth import Tokens
+from server.limits import RedisBuckets
+from server.settings import PROJECT_ROOT, Settings
+from tests.conftest import bearer, free_port, wait_for
+
+REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {error}")
+        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
+    return REDIS_URL
+
+
+def test_sixteen_threads_get_exactly_one_shared_bucket(redis_url: str) -> None:
+    buckets = RedisBuckets(redis_url)
+    key = f"test:{uuid.uuid4()}"
+    allowed: list[bool] = []
+    lock = threading.Lock()
+
+    def hammer() -> None:
+        mine = [buckets.take(key, 60).allowed for _ in range(20)]
+        with lock:
+            allowed.extend(mine)
+
+    threads = [threading.Thread(target=hammer) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(allowed) == 60
+    refused = buckets.take(key, 60)
+    assert not refused.allowed
+    assert dict(refused.headers())["retry-after"] == "1"
+    buckets.close()
+
+
+def serve(settings_env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings_env, "CONTACTS_GRPC_PORT": str(port)}
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def test_two_server_processes_share_one_allowance(
+    redis_url: str, settings: Settings, tmp_path: Path
+) -> None:
+    env = {
+        "CONTACTS_DATABASE_URL": settings.database_url,
+        "CONTACTS_JWT_SECRET": settings.jwt_secret,
+        "CONTACTS_REDIS_URL": redis_url,
+        "CONTACTS_RATE_LIMIT_CREATE": "60",
+    }
+    ports = [free_port(), free_port()]
+    servers = [serve(env, port, tmp_path / f"server-{port}.log") for port in ports]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    try:
+        for ch in channels:
+            grpc.channel_ready_future(ch).result(timeout=20)
+        stubs = [contacts_pb2_grpc.ContactsServiceStub(ch) for ch in channels]
+        md = bearer(Tokens(settings.jwt_secret).issue(f"two-{uuid.uuid4()}"))
+        passed = 0
+        for i in range(80):
+            try:
+                stubs[i % 2].CreateContact(
+                    pb.CreateContactRequest(first_name="T", email="t@x.io"), metadata=md
+                )
+                passed += 1
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
+        assert passed == 60
+    finally:
+        for ch in channels:
+            ch.close()
+        for server in servers:
+            server.terminate()
+            server.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A Redis of the test's own, which the test may stop and start."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    yield binary, port
+    subprocess.run(["redis-cli", "-p", str(port), "shutdown", "nosave"], capture_output=True)
+
+
+def start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    wait_for(lambda: redis.Redis(port=port, socket_connect_timeout=0.2).ping(), what="redis")
+    return process
+
+
+def test_redis_down_fails_open_and_recovers(
+    private_redis: tuple[str, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    binary, port = private_redis
+    buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", complain_every=3600)
+    with caplog.at_level(logging.ERROR, logger="server.limits"):
+        # Down: every call passes, and the outage is logged once.
+        assert all(buckets.take("k", 2).allowed for _ in range(5))
+    assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1
+    # Back: limits hold again, with no restart.
+    server = start_redis(binary, port, tmp_path)
+    try:
+        assert [buckets.take("k", 2).allowed for _ in range(3)] == [True, True, False]
+        server.terminate()
+        server.wait(timeout=10)
+        assert buckets.take("k", 2).allowed  # down again: open
+    finally:
+        if server.poll() is None:
+            server.kill()
+        buckets.close()
+
+
+def test_secrets_are_not_in_server_logs(redis_url: str, settings: Settings, tmp_path: Path) -> None:
+    secret = secrets.token_urlsafe(48)
+    port = free_port()
+    log = tmp_path / "server.log"
+    server = serve(
+        {
+            "CONTACTS_DATABASE_URL": settings.database_url,
+            "CONTACTS_JWT_SECRET": secret,
+            "CONTACTS_REDIS_URL": redis_url,
+        },
+        port,
+        log,
+    )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            grpc.channel_ready_future(ch).result(timeout=20)
+            token = Tokens(secret).issue("logged")
+            stub = contacts_pb2_grpc.ContactsServiceStub(ch)
+            with pytest.raises(grpc.RpcError):
+                stub.GetContact(pb.GetContactRequest(contact_id="bad"), metadata=bearer(token))
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    text = log.read_text()
+    assert "serving gRPC" in text
+    assert secret not in text and token not in text
