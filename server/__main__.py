@@ -1,4 +1,4 @@
-"""Command line: `python -m server run|serve|envoy-config|token`."""
+"""Command line: `python -m server run|serve|migrate|envoy-config|token`."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import signal
 import sys
 import threading
 
-from server import stack
+from server import migrations, stack
 from server.app import create_app
 from server.auth import Tokens
 from server.settings import Settings, SettingsError
-from server.store import Store
+from server.store import Store, open_database
 
 
 def serve(settings: Settings) -> int:
@@ -39,6 +39,15 @@ def envoy_config(settings: Settings, validate: bool) -> int:
     return 0
 
 
+def migrate(settings: Settings) -> int:
+    db = open_database(settings.database_url, max_connections=1)
+    with db.connection_context():
+        applied = migrations.migrate(db)
+        versions = migrations.applied_versions(db)
+    print(f"applied {applied or 'nothing'}; the schema is at version {max(versions)}")
+    return 0
+
+
 def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
     print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
     return 0
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("serve", help="the gRPC server alone")
     config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
+    commands.add_parser("migrate", help="bring the database schema to the latest version")
     tok = commands.add_parser("token", help="print a bearer token signed with the secret")
     tok.add_argument("--sub", required=True, help="the user id the token names")
     tok.add_argument("--superuser", action="store_true")
@@ -67,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return stack.run(settings)
     if args.command == "serve":
         return serve(settings)
+    if args.command == "migrate":
+        return migrate(settings)
     if args.command == "envoy-config":
         return envoy_config(settings, args.validate)
     return token(settings, args.sub, args.superuser, args.lifetime)

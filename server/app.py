@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -11,12 +13,15 @@ from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from server.auth import Tokens
+from server.errors import StoreUnavailable
 from server.interceptors import AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
 from server.limits import Buckets, MemoryBuckets, RedisBuckets
 from server.policy import Policies, RateClass
 from server.services import Companies, Contacts
 from server.settings import Settings
 from server.store import Store
+
+log = logging.getLogger(__name__)
 
 SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.values())
 
@@ -26,16 +31,42 @@ class App:
     server: grpc.Server
     port: int
     health: health.HealthServicer
+    store: Store
+    probe_interval: float = 1.0
+    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
+        self._report(health_pb2.HealthCheckResponse.SERVING)
         self.server.start()
-        for name in ("", *SERVICES):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        threading.Thread(target=self._watch_database, name="db-probe", daemon=True).start()
 
     def stop(self, grace: float = 5.0) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
+        self._stopping.set()
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+
+    def _report(self, status: int) -> None:
+        for name in ("", *SERVICES):
+            self.health.set(name, status)
+
+    def _watch_database(self) -> None:
+        """Health follows the database: NOT_SERVING while it cannot be reached."""
+        serving = True
+        while not self._stopping.wait(self.probe_interval):
+            try:
+                self.store.ping()
+                reachable = True
+            except StoreUnavailable:
+                reachable = False
+            if reachable != serving:
+                serving = reachable
+                log.warning("database %s", "reachable again" if reachable else "unreachable")
+                self._report(
+                    health_pb2.HealthCheckResponse.SERVING
+                    if reachable
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
 
 
 def create_app(
@@ -70,4 +101,4 @@ def create_app(
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     if port == 0:
         raise OSError(f"cannot listen on gRPC port {settings.grpc_port}")
-    return App(server, port, health_servicer)
+    return App(server, port, health_servicer, store)

@@ -10,22 +10,25 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 from urllib.parse import urlparse
 
 import peewee
 from playhouse.db_url import connect
 from playhouse.pool import PooledPostgresqlDatabase
 
-from server.errors import CompanyNotFound, ContactNotFound, StoreUnavailable, UnknownCompany
+from server.errors import ContactNotFound, StoreUnavailable, UnknownCompany
+from server.migrations import migrate
 
 database = peewee.DatabaseProxy()
 
 
+# The schema itself (indexes, the one-primary rule) is made by migrations.py;
+# these models only map its rows.
 class BaseModel(peewee.Model):
     class Meta:
         database = database
@@ -40,8 +43,6 @@ class Company(BaseModel):
 
     class Meta:
         table_name = "companies"
-        # Serves ListCompanies for one owner in its order.
-        indexes = ((("owner_id", "created_at", "id"), False),)
 
 
 class Contact(BaseModel):
@@ -61,18 +62,6 @@ class Contact(BaseModel):
 
     class Meta:
         table_name = "contacts"
-        # Serves ListContacts: one company's rows, already in list order.
-        indexes = ((("company", "created_at", "id"), False),)
-
-
-# The database itself forbids a second primary contact in one company.
-Contact.add_index(
-    Contact.index(Contact.company, unique=True, name="contacts_one_primary_per_company").where(
-        Contact.is_primary == True  # noqa: E712 (peewee expression, not a comparison)
-    )
-)
-
-MODELS = (Company, Contact)
 
 
 def new_id() -> uuid.UUID:
@@ -127,13 +116,15 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _guarded(method: Callable[P, R]) -> Callable[P, R]:
-    """Database failures leave the store as StoreUnavailable, never as a driver error."""
+def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+    """One store call: a connection for its duration, and database failures
+    turned into StoreUnavailable, never a driver error."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(store: Store, *args: P.args, **kwargs: P.kwargs) -> R:
         try:
-            return method(*args, **kwargs)
+            with store.connection():
+                return method(store, *args, **kwargs)
         except (peewee.OperationalError, peewee.InterfaceError) as error:
             raise StoreUnavailable() from error
 
@@ -145,9 +136,10 @@ class Store:
 
     def __init__(self, url: str, max_connections: int = 16) -> None:
         self.db = open_database(url, max_connections)
+        self._pooled = isinstance(self.db, PooledPostgresqlDatabase)
         database.initialize(self.db)
         with self.db.connection_context():
-            self.db.create_tables(MODELS, safe=True)
+            migrate(self.db)
 
     def close(self) -> None:
         if isinstance(self.db, PooledPostgresqlDatabase):
@@ -155,33 +147,31 @@ class Store:
         else:
             self.db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[None]:
-        with self.db.atomic():
-            yield
+    def connection(self) -> AbstractContextManager[object]:
+        # PostgreSQL: check a pooled connection out per call, so that one
+        # broken by an outage is dropped at the next check-out. SQLite: each
+        # thread keeps its own connection (opening one costs more than a query).
+        return self.db.connection_context() if self._pooled else nullcontext()
+
+    @_unit
+    def ping(self) -> None:
+        self.db.execute_sql("SELECT 1")
 
     # Companies
 
-    @_guarded
+    @_unit
     def create_company(self, name: str, owner_id: str) -> Company:
         stamp = now()
-        with self._write():
+        with self.db.atomic():
             return Company.create(
                 id=new_id(), name=name, owner_id=owner_id, created_at=stamp, updated_at=stamp
             )
 
-    @_guarded
+    @_unit
     def find_company(self, company_id: uuid.UUID) -> Company | None:
         return Company.get_or_none(Company.id == company_id)
 
-    @_guarded
-    def get_company(self, company_id: uuid.UUID) -> Company:
-        company = Company.get_or_none(Company.id == company_id)
-        if company is None:
-            raise CompanyNotFound()
-        return company
-
-    @_guarded
+    @_unit
     def list_companies(self, owner_id: str | None, skip: int, limit: int) -> list[Company]:
         query = Company.select()
         if owner_id is not None:
@@ -190,14 +180,14 @@ class Store:
 
     # Contacts
 
-    @_guarded
+    @_unit
     def get_contact(self, contact_id: uuid.UUID) -> Contact:
         contact = Contact.get_or_none(Contact.id == contact_id)
         if contact is None:
             raise ContactNotFound()
         return contact
 
-    @_guarded
+    @_unit
     def list_contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[Contact]:
         return list(
             Contact.select()
@@ -207,19 +197,19 @@ class Store:
             .limit(limit)
         )
 
-    @_guarded
+    @_unit
     def create_contact(self, fields: Mapping[str, Any]) -> Contact:
         stamp = now()
         row = {**fields, "id": new_id(), "created_at": stamp, "updated_at": stamp}
-        with self._write():
+        with self.db.atomic():
             self._require_company(row.get("company"))
             if row.get("is_primary") and row.get("company"):
                 self._demote_primary(row["company"])
             return Contact.create(**row)
 
-    @_guarded
+    @_unit
     def update_contact(self, contact_id: uuid.UUID, changes: Mapping[str, Any]) -> Contact:
-        with self._write():
+        with self.db.atomic():
             contact = Contact.get_or_none(Contact.id == contact_id)
             if contact is None:
                 raise ContactNotFound()
@@ -233,9 +223,9 @@ class Store:
             Contact.update(**changes, updated_at=now()).where(Contact.id == contact_id).execute()
             return Contact.get(Contact.id == contact_id)
 
-    @_guarded
+    @_unit
     def delete_contact(self, contact_id: uuid.UUID) -> None:
-        with self._write():
+        with self.db.atomic():
             if not Contact.delete().where(Contact.id == contact_id).execute():
                 raise ContactNotFound()
 
@@ -244,6 +234,11 @@ class Store:
             raise UnknownCompany()
 
     def _demote_primary(self, company_id: uuid.UUID, keep: uuid.UUID | None = None) -> None:
+        if self.db.for_update:
+            # Promotions in one company queue on its row; without it, two
+            # concurrent ones would each demote the old primary and collide
+            # on the one-primary index. (SQLite writers are serial already.)
+            Company.select(Company.id).where(Company.id == company_id).for_update().execute()
         query = Contact.update(is_primary=False, updated_at=now()).where(
             (Contact.company == company_id) & (Contact.is_primary == True)  # noqa: E712
         )

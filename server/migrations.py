@@ -1,0 +1,114 @@
+"""Versioned schema migrations: numbered steps, applied in order, recorded in the database.
+
+`migrate()` runs at every start (and from `python -m server migrate`). It
+holds a lock for its whole transaction (an advisory lock on PostgreSQL, the
+write lock on SQLite), so two processes starting at once apply each step once.
+A step never changes after it has shipped; a change is a new step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import peewee
+
+log = logging.getLogger(__name__)
+
+# Any constant works; it only has to be the same in every process.
+ADVISORY_LOCK_KEY = 0x636F6E74  # "cont"
+
+
+def _uuid(db: peewee.Database) -> str:
+    # TEXT on SQLite: a UUID-typed column there would get NUMERIC affinity,
+    # which rewrites hex strings that happen to look like numbers.
+    return "UUID" if isinstance(db, peewee.PostgresqlDatabase) else "TEXT"
+
+
+def initial_schema(db: peewee.Database) -> None:
+    uuid = _uuid(db)
+    db.execute_sql(
+        f"""CREATE TABLE companies (
+            id {uuid} NOT NULL PRIMARY KEY,
+            name VARCHAR(200) NOT NULL,
+            owner_id VARCHAR(255) NOT NULL,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL)"""
+    )
+    # Serves ListCompanies for one owner, already in list order.
+    db.execute_sql(
+        "CREATE INDEX companies_owner_id_created_at_id ON companies (owner_id, created_at, id)"
+    )
+    db.execute_sql(
+        f"""CREATE TABLE contacts (
+            id {uuid} NOT NULL PRIMARY KEY,
+            company_id {uuid} REFERENCES companies (id) ON DELETE CASCADE,
+            first_name VARCHAR(100) NOT NULL,
+            last_name VARCHAR(100),
+            email VARCHAR(254) NOT NULL,
+            phone VARCHAR(50),
+            designation VARCHAR(100),
+            is_primary BOOLEAN NOT NULL DEFAULT FALSE,
+            created_at TIMESTAMP NOT NULL,
+            updated_at TIMESTAMP NOT NULL)"""
+    )
+    # Serves ListContacts: one company's rows, already in list order.
+    db.execute_sql(
+        "CREATE INDEX contacts_company_id_created_at_id ON contacts (company_id, created_at, id)"
+    )
+
+
+def one_primary_per_company(db: peewee.Database) -> None:
+    # Data written before this step may hold several primaries in one
+    # company: the most recently updated one stays primary.
+    db.execute_sql(
+        """UPDATE contacts SET is_primary = FALSE
+        WHERE is_primary AND company_id IS NOT NULL AND EXISTS (
+            SELECT 1 FROM contacts AS newer
+            WHERE newer.company_id = contacts.company_id AND newer.is_primary
+              AND (newer.updated_at > contacts.updated_at
+                   OR (newer.updated_at = contacts.updated_at AND newer.id > contacts.id)))"""
+    )
+    db.execute_sql(
+        "CREATE UNIQUE INDEX contacts_one_primary_per_company ON contacts (company_id) "
+        "WHERE is_primary"
+    )
+
+
+MIGRATIONS: tuple[tuple[int, str, Callable[[peewee.Database], None]], ...] = (
+    (1, "initial schema", initial_schema),
+    (2, "one primary contact per company", one_primary_per_company),
+)
+LATEST = MIGRATIONS[-1][0]
+
+
+def applied_versions(db: peewee.Database) -> list[int]:
+    if not db.table_exists("schema_migrations"):
+        return []
+    return [row[0] for row in db.execute_sql("SELECT version FROM schema_migrations ORDER BY 1")]
+
+
+def migrate(db: peewee.Database, target: int = LATEST) -> list[int]:
+    """Applies the steps up to `target` that are not applied yet; returns those it applied."""
+    done: list[int] = []
+    with db.atomic():
+        if isinstance(db, peewee.PostgresqlDatabase):
+            db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+        db.execute_sql(
+            """CREATE TABLE IF NOT EXISTS schema_migrations (
+                version INTEGER NOT NULL PRIMARY KEY,
+                name VARCHAR(200) NOT NULL,
+                applied_at TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP)"""
+        )
+        applied = set(applied_versions(db))
+        for version, name, step in MIGRATIONS:
+            if version > target or version in applied:
+                continue
+            log.info("applying migration %d: %s", version, name)
+            step(db)
+            db.execute_sql(
+                f"INSERT INTO schema_migrations (version, name) VALUES ({db.param}, {db.param})",
+                (version, name),
+            )
+            done.append(version)
+    return done

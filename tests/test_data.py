@@ -1,0 +1,254 @@
+"""Data that stays right: migrations, the one-primary rule, and concurrency, on each backend."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import peewee
+import psycopg2
+import pytest
+
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
+from server import migrations
+from server.settings import PROJECT_ROOT
+from server.store import Store, open_database
+from tests.conftest import BACKEND, POSTGRES_ADMIN_DSN, Rest, body
+
+
+@pytest.fixture
+def blank_url(tmp_path: Path) -> Iterator[str]:
+    """An empty database of the suite's backend."""
+    if BACKEND == "sqlite":
+        yield f"sqlite:///{tmp_path / 'blank.db'}"
+        return
+    name = f"contacts_blank_{secrets.token_hex(6)}"
+    admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield f"{POSTGRES_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def rows(db: peewee.Database, sql: str) -> list[tuple[Any, ...]]:
+    return [tuple(row) for row in db.execute_sql(sql).fetchall()]
+
+
+def test_upgrade_from_the_first_migration_keeps_every_row(blank_url: str) -> None:
+    db = open_database(blank_url, max_connections=1)
+    with db.connection_context():
+        assert migrations.migrate(db, target=1) == [1]
+        company = uuid.uuid4().hex
+        stamp = datetime(2024, 1, 15, 10, 30)
+        later = datetime(2024, 1, 15, 10, 31)
+        p = db.param
+        db.execute_sql(
+            f"INSERT INTO companies VALUES ({p}, {p}, {p}, {p}, {p})",
+            (company, "Acme", "alice", stamp, stamp),
+        )
+        # Version 1 allowed two primaries in one company; the upgrade keeps
+        # the most recently updated one primary and every row.
+        contacts = [(uuid.uuid4().hex, stamp), (uuid.uuid4().hex, later), (uuid.uuid4().hex, stamp)]
+        for i, (contact, updated) in enumerate(contacts):
+            db.execute_sql(
+                "INSERT INTO contacts (id, company_id, first_name, email, is_primary,"
+                f" created_at, updated_at) VALUES ({p}, {p}, {p}, {p}, {p}, {p}, {p})",
+                (contact, company, f"C{i}", f"c{i}@x.io", i < 2, stamp, updated),
+            )
+        before = rows(db, "SELECT id, first_name, email FROM contacts ORDER BY id")
+
+        assert migrations.migrate(db) == [2]
+        assert migrations.migrate(db) == []  # idempotent
+        assert migrations.applied_versions(db) == [1, 2]
+        assert rows(db, "SELECT id, first_name, email FROM contacts ORDER BY id") == before
+        primaries = rows(db, "SELECT first_name FROM contacts WHERE is_primary")
+        assert primaries == [("C1",)]
+    db.close()
+
+
+def test_two_processes_migrating_at_once_apply_each_step_once(blank_url: str) -> None:
+    env = {
+        **os.environ,
+        "CONTACTS_DATABASE_URL": blank_url,
+        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "server", "migrate"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    said = sorted(out for out, _ in outputs)
+    assert said == [
+        "applied [1, 2]; the schema is at version 2\n",
+        "applied nothing; the schema is at version 2\n",
+    ]
+
+
+def test_the_database_itself_forbids_two_primaries(store: Store, rest: Rest, owner: str) -> None:
+    company = body(rest.post("/companies", token=owner, json={"name": "Dup"}))
+    first = body(
+        rest.post(
+            "/contacts",
+            json={
+                "company_id": company["id"],
+                "first_name": "A",
+                "email": "a@x.io",
+                "is_primary": True,
+            },
+        )
+    )
+    second = body(
+        rest.post(
+            "/contacts", json={"company_id": company["id"], "first_name": "B", "email": "b@x.io"}
+        )
+    )
+    assert first["is_primary"]
+    p = store.db.param
+    with store.connection(), pytest.raises(peewee.IntegrityError), store.db.atomic():
+        store.db.execute_sql(
+            f"UPDATE contacts SET is_primary = {p} WHERE id = {p}",
+            (True, uuid.UUID(second["id"]).hex),
+        )
+
+
+@pytest.fixture
+def owner(tokens: Any) -> str:
+    return str(tokens.issue("data-owner"))
+
+
+def in_threads(n: int, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Runs the calls on n threads, all released at the same moment."""
+    start = threading.Event()
+
+    def run(call: Callable[[], Any]) -> Any:
+        start.wait()
+        return call()
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(run, call) for call in calls]
+        start.set()
+        return [future.result() for future in futures]
+
+
+def test_twenty_concurrent_promotions_leave_one_primary(
+    rest: Rest, owner: str, contacts_stub: contacts_pb2_grpc.ContactsServiceStub
+) -> None:
+    company = body(rest.post("/companies", token=owner, json={"name": "Race"}))
+    ids = [
+        contacts_stub.CreateContact(
+            pb.CreateContactRequest(
+                company_id=company["id"], first_name=f"P{i}", email=f"p{i}@x.io"
+            )
+        ).id
+        for i in range(20)
+    ]
+    results = in_threads(
+        20,
+        [
+            (
+                lambda cid=cid: contacts_stub.UpdateContact(
+                    pb.UpdateContactRequest(contact_id=cid, is_primary=True)
+                )
+            )
+            for cid in ids
+        ],
+    )
+    assert all(r.is_primary for r in results)  # 20 successful replies, no error surfaced
+    listed = body(rest.get(f"/contacts?company_id={company['id']}", token=owner))
+    assert len(listed) == 20
+    assert sum(c["is_primary"] for c in listed) == 1
+
+
+def test_concurrent_primary_creates_leave_one_primary(
+    rest: Rest, owner: str, contacts_stub: contacts_pb2_grpc.ContactsServiceStub
+) -> None:
+    company = body(rest.post("/companies", token=owner, json={"name": "Race2"}))
+    in_threads(
+        16,
+        [
+            (
+                lambda i=i: contacts_stub.CreateContact(
+                    pb.CreateContactRequest(
+                        company_id=company["id"],
+                        first_name=f"P{i}",
+                        email=f"p{i}@x.io",
+                        is_primary=True,
+                    )
+                )
+            )
+            for i in range(20)
+        ],
+    )
+    listed = body(rest.get(f"/contacts?company_id={company['id']}", token=owner))
+    assert len(listed) == 20
+    assert sum(c["is_primary"] for c in listed) == 1
+
+
+def test_200_concurrent_creates_give_200_rows(
+    rest: Rest, owner: str, contacts_stub: contacts_pb2_grpc.ContactsServiceStub
+) -> None:
+    company = body(rest.post("/companies", token=owner, json={"name": "Many"}))
+    replies = in_threads(
+        16,
+        [
+            (
+                lambda i=i: contacts_stub.CreateContact(
+                    pb.CreateContactRequest(
+                        company_id=company["id"], first_name=f"N{i}", email=f"n{i}@x.io"
+                    )
+                )
+            )
+            for i in range(200)
+        ],
+    )
+    assert len({r.id for r in replies}) == 200
+    listed = body(rest.get(f"/contacts?company_id={company['id']}&limit=1000", token=owner))
+    assert sorted(c["first_name"] for c in listed) == sorted(f"N{i}" for i in range(200))
+
+
+def test_concurrent_updates_of_different_fields_lose_nothing(
+    contacts_stub: contacts_pb2_grpc.ContactsServiceStub,
+) -> None:
+    for _ in range(5):
+        contact = contacts_stub.CreateContact(
+            pb.CreateContactRequest(first_name="Orig", email="orig@x.io")
+        )
+        updates = [
+            pb.UpdateContactRequest(contact_id=contact.id, first_name="First"),
+            pb.UpdateContactRequest(contact_id=contact.id, last_name="Last"),
+            pb.UpdateContactRequest(contact_id=contact.id, email="new@x.io"),
+            pb.UpdateContactRequest(contact_id=contact.id, phone="+1 555"),
+            pb.UpdateContactRequest(contact_id=contact.id, designation="CTO"),
+        ]
+        in_threads(5, [(lambda u=u: contacts_stub.UpdateContact(u)) for u in updates])
+        final = contacts_stub.GetContact(pb.GetContactRequest(contact_id=contact.id))
+        assert (final.first_name, final.last_name, final.email, final.phone, final.designation) == (
+            "First",
+            "Last",
+            "new@x.io",
+            "+1 555",
+            "CTO",
+        )
