@@ -139,16 +139,16 @@ def owner(tokens: Any) -> str:
     return str(tokens.issue("data-owner"))
 
 
-def in_threads(n: int, calls: list[Callable[[], Any]]) -> list[Any]:
-    """Runs the calls on n threads, all released at the same moment."""
+def in_threads(n: int, call: Callable[[Any], Any], requests: list[Any]) -> list[Any]:
+    """call(request) for every request, on n threads all released at the same moment."""
     start = threading.Event()
 
-    def run(call: Callable[[], Any]) -> Any:
+    def run(request: Any) -> Any:
         start.wait()
-        return call()
+        return call(request)
 
     with ThreadPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(run, call) for call in calls]
+        futures = [pool.submit(run, request) for request in requests]
         start.set()
         return [future.result() for future in futures]
 
@@ -167,14 +167,8 @@ def test_twenty_concurrent_promotions_leave_one_primary(
     ]
     results = in_threads(
         20,
-        [
-            (
-                lambda cid=cid: contacts_stub.UpdateContact(
-                    pb.UpdateContactRequest(contact_id=cid, is_primary=True)
-                )
-            )
-            for cid in ids
-        ],
+        contacts_stub.UpdateContact,
+        [pb.UpdateContactRequest(contact_id=cid, is_primary=True) for cid in ids],
     )
     assert all(r.is_primary for r in results)  # 20 successful replies, no error surfaced
     listed = body(rest.get(f"/contacts?company_id={company['id']}", token=owner))
@@ -188,16 +182,10 @@ def test_concurrent_primary_creates_leave_one_primary(
     company = body(rest.post("/companies", token=owner, json={"name": "Race2"}))
     in_threads(
         16,
+        contacts_stub.CreateContact,
         [
-            (
-                lambda i=i: contacts_stub.CreateContact(
-                    pb.CreateContactRequest(
-                        company_id=company["id"],
-                        first_name=f"P{i}",
-                        email=f"p{i}@x.io",
-                        is_primary=True,
-                    )
-                )
+            pb.CreateContactRequest(
+                company_id=company["id"], first_name=f"P{i}", email=f"p{i}@x.io", is_primary=True
             )
             for i in range(20)
         ],
@@ -213,13 +201,10 @@ def test_200_concurrent_creates_give_200_rows(
     company = body(rest.post("/companies", token=owner, json={"name": "Many"}))
     replies = in_threads(
         16,
+        contacts_stub.CreateContact,
         [
-            (
-                lambda i=i: contacts_stub.CreateContact(
-                    pb.CreateContactRequest(
-                        company_id=company["id"], first_name=f"N{i}", email=f"n{i}@x.io"
-                    )
-                )
+            pb.CreateContactRequest(
+                company_id=company["id"], first_name=f"N{i}", email=f"n{i}@x.io"
             )
             for i in range(200)
         ],
@@ -243,7 +228,7 @@ def test_concurrent_updates_of_different_fields_lose_nothing(
             pb.UpdateContactRequest(contact_id=contact.id, phone="+1 555"),
             pb.UpdateContactRequest(contact_id=contact.id, designation="CTO"),
         ]
-        in_threads(5, [(lambda u=u: contacts_stub.UpdateContact(u)) for u in updates])
+        in_threads(5, contacts_stub.UpdateContact, updates)
         final = contacts_stub.GetContact(pb.GetContactRequest(contact_id=contact.id))
         assert (final.first_name, final.last_name, final.email, final.phone, final.designation) == (
             "First",
