@@ -1,0 +1,175 @@
+"""Database outages: clients get UNAVAILABLE/503 at once, health says NOT_SERVING,
+and the service recovers by itself. Uses a private PostgreSQL that the test
+starts and stops (never the shared one)."""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
+from server.settings import PROJECT_ROOT
+from tests.conftest import Envoy, free_port, wait_for
+
+UNAVAILABLE = {"detail": "The database is unavailable, try again shortly"}
+
+
+def postgres_bin() -> Path | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+    if found:
+        return Path(found[-1]).parent
+    pg_ctl = shutil.which("pg_ctl")
+    return Path(pg_ctl).parent if pg_ctl else None
+
+
+class PrivatePostgres:
+    """A throwaway PostgreSQL server in a temporary folder, on a free port."""
+
+    def __init__(self, binaries: Path) -> None:
+        self.bin = binaries
+        self.dir = Path(tempfile.mkdtemp(prefix="contacts-pg-"))
+        self.port = free_port()
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            shutil.chown(self.dir, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "-A", "trust")
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, tool: str, *args: str) -> None:
+        command = [str(self.bin / tool), *args]
+        if os.geteuid() == 0:
+            command = ["runuser", "-u", "postgres", "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir}"
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.dir / "data"),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            options,
+            "-w",
+            "start",
+        )
+
+    def stop(self) -> None:
+        # "immediate" is the closest pg_ctl comes to pulling the plug.
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", "immediate", "-w", "stop")
+
+    def remove(self) -> None:
+        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
+            self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    binaries = postgres_bin()
+    if binaries is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL server binaries (pg_ctl, initdb) are missing")
+        pytest.skip("PostgreSQL server binaries (pg_ctl, initdb) are not installed")
+    pg = PrivatePostgres(binaries)
+    pg.start()
+    yield pg
+    pg.remove()
+
+
+@pytest.fixture
+def server_on(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[int]:
+    port = free_port()
+    env = {
+        **os.environ,
+        "CONTACTS_GRPC_PORT": str(port),
+        "CONTACTS_DATABASE_URL": private_postgres.url,
+        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
+    }
+    with (tmp_path / "server.log").open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "server", "serve"],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def health(channel: grpc.Channel) -> int:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return int(reply.status)
+
+
+def test_outage_is_503_at_once_and_recovers_without_restart(
+    private_postgres: PrivatePostgres, server_on: int, tmp_path: Path
+) -> None:
+    envoy = Envoy(server_on, tmp_path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server_on}")
+    stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+    rest = requests.Session()
+    base = envoy.url
+    try:
+        wait_for(
+            lambda: rest.get(f"{base}/contacts/{uuid.uuid4()}", timeout=5).status_code == 404,
+            what="the stack",
+        )
+        created = rest.post(
+            f"{base}/contacts", json={"first_name": "F", "email": "f@x.io"}, timeout=5
+        ).json()
+
+        private_postgres.stop()
+
+        # Every call is refused promptly (a hang would trip the client timeout).
+        r = rest.get(f"{base}/contacts/{created['id']}", timeout=10)
+        assert r.status_code == 503
+        assert r.json() == UNAVAILABLE
+        r = rest.post(f"{base}/contacts", json={"first_name": "G", "email": "g@x.io"}, timeout=10)
+        assert r.status_code == 503
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.GetContact(pb.GetContactRequest(contact_id=created["id"]), timeout=10)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        wait_for(
+            lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
+            what="health to say NOT_SERVING",
+        )
+
+        private_postgres.start()
+
+        wait_for(
+            lambda: rest.get(f"{base}/contacts/{created['id']}", timeout=5).status_code == 200,
+            what="recovery",
+        )
+        assert rest.get(f"{base}/contacts/{created['id']}", timeout=5).json() == created
+        r = rest.post(f"{base}/contacts", json={"first_name": "H", "email": "h@x.io"}, timeout=5)
+        assert r.status_code == 201
+        wait_for(
+            lambda: health(channel) == health_pb2.HealthCheckResponse.SERVING,
+            what="health to say SERVING",
+        )
+    finally:
+        channel.close()
+        rest.close()
+        envoy.stop()
