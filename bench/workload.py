@@ -43,6 +43,9 @@ class Call:
     rest_body: bytes | None = None
     # The reply must hold this many contacts (1 for a single-contact reply).
     expect_contacts: int = 1
+    # The company that gains one contact per successful call, if any: counting
+    # its contacts after a run tells how many gRPC calls really succeeded.
+    creates_in: str | None = None
 
     @property
     def grpc_path(self) -> str:
@@ -81,6 +84,7 @@ def create_contact(company_id: str) -> Call:
         "POST",
         "/contacts",
         json.dumps(fields).encode(),
+        creates_in=company_id,
     )
 
 
