@@ -37,7 +37,9 @@ class Baseline(pb_grpc.ContactsServiceServicer):
     def __init__(self, contact: pb.Contact) -> None:
         self._contact = contact
 
-    def GetContact(self, request: pb.GetContactRequest, context: grpc.ServicerContext) -> pb.Contact:
+    def GetContact(
+        self, request: pb.GetContactRequest, context: grpc.ServicerContext
+    ) -> pb.Contact:
         return self._contact
 
 

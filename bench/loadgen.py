@@ -16,6 +16,7 @@ import shutil
 import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 # Debian package of each tool.
 PACKAGES = {"h2load": "nghttp2-client", "wrk": "wrk"}
@@ -59,7 +60,7 @@ class LoadResult:
     requests: int  # replies counted in the measured window
     errors: int  # of those, replies that were not 2xx, plus transport errors
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 

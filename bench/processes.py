@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -72,10 +72,8 @@ class Process:
         if self.popen.poll() is not None:
             return
         for signum in (signal.SIGTERM, signal.SIGKILL):
-            try:
+            with suppress(ProcessLookupError):  # it exited meanwhile
                 os.killpg(self.popen.pid, signum)
-            except ProcessLookupError:
-                pass
             try:
                 self.popen.wait(timeout=timeout)
                 return
@@ -141,9 +139,7 @@ def start_server(spec: ServerSpec, workdir: Path) -> tuple[Process, int]:
 def start_envoy(grpc_port: int, workdir: Path) -> tuple[Process, int]:
     """Envoy in front of a gRPC port, on loopback; returns it with its HTTP port."""
     config = workdir / "envoy.yaml"
-    config.write_text(
-        server_stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1")
-    )
+    config.write_text(server_stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1"))
     admin_file = workdir / "envoy-admin-address"
     command = [
         server_stack.envoy_binary(),
@@ -171,7 +167,7 @@ def start_envoy(grpc_port: int, workdir: Path) -> tuple[Process, int]:
 
 
 def _or_stop(process: Process, wait: Callable[[], T]) -> T:
-    """The result of `wait`; a process that never became ready is stopped before the error leaves."""
+    """The result of `wait`; a process that never got ready is stopped before the error leaves."""
     try:
         return wait()
     except BaseException:

@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import threading
 
 from server import migrations, stack
-from server.app import create_app
 from server.auth import Tokens
 from server.settings import Settings, SettingsError
-from server.store import Store, open_database
-
-
-def serve(settings: Settings) -> int:
-    store = Store(settings.database_url, max_connections=settings.workers)
-    app = create_app(settings, store)
-    app.start()
-    logging.getLogger("server").info("serving gRPC on :%d", app.port)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    stop.wait()
-    app.stop()
-    store.close()
-    return 0
+from server.store import open_database
 
 
 def envoy_config(settings: Settings, validate: bool) -> int:
@@ -56,8 +39,12 @@ def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="the gRPC server and Envoy, in the foreground")
-    commands.add_parser("serve", help="the gRPC server alone")
+    for name, what in (("run", "the gRPC server and Envoy"), ("serve", "the gRPC server alone")):
+        command = commands.add_parser(name, help=f"{what}, in the foreground")
+        command.add_argument(
+            "--workers", type=int, default=1, help="server processes sharing the gRPC port"
+        )
+        command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
     commands.add_parser("migrate", help="bring the database schema to the latest version")
@@ -73,10 +60,14 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
-    if args.command == "run":
-        return stack.run(settings)
-    if args.command == "serve":
-        return serve(settings)
+    try:
+        if args.command in ("run", "serve") and args.worker:
+            return stack.serve_worker(settings)
+        if args.command in ("run", "serve"):
+            return stack.run(settings, args.workers, envoy=args.command == "run")
+    except SettingsError as error:
+        print(f"configuration error: {error}", file=sys.stderr)
+        return 2
     if args.command == "migrate":
         return migrate(settings)
     if args.command == "envoy-config":

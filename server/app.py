@@ -70,9 +70,16 @@ class App:
 
 
 def create_app(
-    settings: Settings, store: Store, host: str = "[::]", buckets: Buckets | None = None
+    settings: Settings,
+    store: Store,
+    host: str = "[::]",
+    buckets: Buckets | None = None,
+    reuse_port: bool = False,
 ) -> App:
-    """The server bound to settings.grpc_port (0 picks a free port: see App.port)."""
+    """The server bound to settings.grpc_port (0 picks a free port: see App.port).
+
+    reuse_port lets several worker processes share the port (SO_REUSEPORT).
+    """
     policies = Policies()
     if buckets is None:
         buckets = RedisBuckets(settings.redis_url) if settings.redis_url else MemoryBuckets()
@@ -81,15 +88,15 @@ def create_app(
         RateClass.GENERAL: settings.rate_limit_default,
     }
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="rpc"),
+        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
         interceptors=[
             ErrorInterceptor(),
             AuthInterceptor(Tokens(settings.jwt_secret), policies),
             RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies),
         ],
-        # grpcio sets SO_REUSEPORT by default, which would let a second server
-        # silently share a busy port; fail loudly instead.
-        options=[("grpc.so_reuseport", 0)],
+        # grpcio sets SO_REUSEPORT by default, which would let a stray second
+        # server silently share a busy port; only workers may share it.
+        options=[("grpc.so_reuseport", int(reuse_port))],
     )
     contacts_pb2_grpc.add_ContactsServiceServicer_to_server(Contacts(store), server)
     contacts_pb2_grpc.add_CompaniesServiceServicer_to_server(Companies(store), server)

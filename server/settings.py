@@ -71,7 +71,7 @@ class Settings:
     rate_limit_default: int = 120
     trusted_proxies: Networks = LOOPBACK_NETWORKS
     redis_url: str = ""  # empty: buckets live in this process's memory
-    workers: int = 16
+    threads: int = 16  # per server process: the gRPC thread pool and the connection pool
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:

@@ -1,4 +1,5 @@
-"""The whole stack for `make run`: the gRPC server in this process, Envoy beside it."""
+"""Running the service: the gRPC server (one process, or several workers on one
+port) and, for `make run`, Envoy beside it; stopped cleanly on SIGINT/SIGTERM."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 from string import Template
 
 from server.app import create_app
-from server.settings import DATA_DIR, PROJECT_ROOT, Settings
+from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError
 from server.store import Store
 
 log = logging.getLogger(__name__)
@@ -70,40 +71,88 @@ def start_envoy(config: Path, log_level: str = "warn") -> subprocess.Popen[bytes
     )
 
 
-def stop_envoy(envoy: subprocess.Popen[bytes]) -> None:
-    if envoy.poll() is None:
-        envoy.terminate()
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
         try:
-            envoy.wait(timeout=10)
+            process.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            envoy.kill()
-            envoy.wait()
+            process.kill()
+            process.wait()
 
 
-def run(settings: Settings) -> int:
-    """Serves until SIGINT/SIGTERM or until Envoy exits; leaves no process behind."""
-    store = Store(settings.database_url, max_connections=settings.workers)
-    app = create_app(settings, store)
-    config = write_envoy_config(settings)
-    validate_envoy_config(config)
-    app.start()
-    envoy = start_envoy(config)
+def check_workers(settings: Settings, workers: int) -> None:
+    if workers < 1:
+        raise SettingsError("--workers must be at least 1")
+    if workers == 1:
+        return
+    if settings.grpc_port == 0:
+        raise SettingsError("--workers needs a fixed CONTACTS_GRPC_PORT for the workers to share")
+    if not settings.redis_url and (settings.rate_limit_create or settings.rate_limit_default):
+        raise SettingsError(
+            f"--workers {workers} with in-memory rate limits would allow {workers} times the "
+            "limits, one bucket per process. Set CONTACTS_REDIS_URL (e.g. "
+            "redis://127.0.0.1:6379/0) so the workers share buckets, or turn the limits off "
+            "with CONTACTS_RATE_LIMIT_CREATE=0 CONTACTS_RATE_LIMIT_DEFAULT=0."
+        )
+
+
+def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
+    """Serves until SIGINT/SIGTERM or until a child dies; leaves no process behind.
+
+    One worker serves in this process; several are child processes sharing
+    the gRPC port through SO_REUSEPORT, the kernel spreading connections.
+    """
+    check_workers(settings, workers)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    log.info(
-        "serving gRPC on :%d and REST through Envoy on :%d (admin 127.0.0.1:%d)",
-        app.port,
-        settings.http_port,
-        settings.envoy_admin_port,
-    )
+
+    children: list[subprocess.Popen[bytes]] = []
+    store = app = None
     try:
+        if workers == 1:
+            store = Store(settings.database_url, max_connections=settings.threads)
+            app = create_app(settings, store)
+            app.start()
+            port = app.port
+        else:
+            command = [sys.executable, "-m", "server", "serve", "--worker"]
+            children = [subprocess.Popen(command, start_new_session=True) for _ in range(workers)]
+            port = settings.grpc_port
+        log.info("serving gRPC on :%d with %d worker process(es)", port, workers)
+        if envoy:
+            config = write_envoy_config(settings)
+            validate_envoy_config(config)
+            children.append(start_envoy(config))
+            log.info(
+                "serving REST and gRPC through Envoy on :%d (admin 127.0.0.1:%d)",
+                settings.http_port,
+                settings.envoy_admin_port,
+            )
         while not stop.wait(0.5):
-            if envoy.poll() is not None:
-                log.error("envoy exited with status %s; stopping", envoy.returncode)
-                return 1
+            for child in children:
+                if child.poll() is not None:
+                    log.error("process %d exited (%s); stopping", child.pid, child.returncode)
+                    return 1
         return 0
     finally:
-        stop_envoy(envoy)
-        app.stop()
-        store.close()
+        for child in reversed(children):  # Envoy first: it stops sending work
+            stop_process(child)
+        if app is not None and store is not None:
+            app.stop()
+            store.close()
+
+
+def serve_worker(settings: Settings) -> int:
+    """One of several worker processes: serves on the shared port until SIGTERM."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    store = Store(settings.database_url, max_connections=settings.threads)
+    app = create_app(settings, store, reuse_port=True)
+    app.start()
+    stop.wait()
+    app.stop()
+    store.close()
+    return 0

@@ -13,8 +13,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 
+from server.auth import Tokens
 from server.settings import PROJECT_ROOT, Settings, SettingsError, local_secret
 from tests.conftest import free_port, wait_for
 
@@ -94,3 +96,79 @@ def test_settings_come_from_the_environment() -> None:
     assert [str(n) for n in settings.trusted_proxies] == ["10.0.0.0/8"]
     with pytest.raises(SettingsError, match="CONTACTS_HTTP_PORT"):
         Settings.from_env({"CONTACTS_JWT_SECRET": "s" * 32, "CONTACTS_HTTP_PORT": "eighty"})
+
+
+def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CONTACTS_DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
+        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
+        **extra,
+    }
+
+
+def test_several_workers_need_shared_buckets(tmp_path: Path) -> None:
+    refused = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--workers", "2"],
+        cwd=PROJECT_ROOT,
+        env=stack_env(tmp_path, CONTACTS_GRPC_PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode == 2
+    assert "CONTACTS_REDIS_URL" in refused.stderr
+    assert "CONTACTS_RATE_LIMIT_CREATE=0" in refused.stderr
+
+
+def test_two_workers_share_one_port_and_one_allowance(tmp_path: Path) -> None:
+    redis_url = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
+    try:
+        redis.Redis.from_url(redis_url, socket_connect_timeout=1).ping()
+    except redis.RedisError:
+        if os.environ.get("CI") == "true":
+            raise
+        pytest.skip(f"no Redis at {redis_url}")
+    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
+    env = stack_env(
+        tmp_path,
+        CONTACTS_GRPC_PORT=str(grpc_port),
+        CONTACTS_HTTP_PORT=str(http_port),
+        CONTACTS_ENVOY_ADMIN_PORT=str(admin_port),
+        CONTACTS_REDIS_URL=redis_url,
+    )
+    stack = subprocess.Popen(
+        [sys.executable, "-m", "server", "run", "--workers", "2"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    sub = f"workers-{uuid.uuid4()}"
+    token = Tokens(env["CONTACTS_JWT_SECRET"]).issue(sub)
+    try:
+        url = f"http://127.0.0.1:{http_port}"
+        wait_for(
+            lambda: requests.get(f"{url}/contacts/{uuid.uuid4()}", timeout=2).status_code == 404,
+            what="the stack",
+        )
+        codes = []
+        for _ in range(70):
+            # A fresh connection each time, so the kernel spreads them over both workers.
+            with requests.Session() as fresh:
+                codes.append(
+                    fresh.post(
+                        f"{url}/contacts",
+                        json={"first_name": "W", "email": "w@x.io"},
+                        headers={"Authorization": f"Bearer {token}"},
+                        timeout=5,
+                    ).status_code
+                )
+        assert codes == [201] * 60 + [429] * 10
+        stack.send_signal(signal.SIGTERM)
+        assert stack.wait(timeout=30) == 0
+    finally:
+        if stack.poll() is None:
+            stack.kill()
+    for port in (grpc_port, http_port, admin_port):
+        assert not listening(port), port
