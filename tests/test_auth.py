@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
@@ -14,7 +15,9 @@ import pytest
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.auth import Tokens
+from server import auth
+from server.auth import LEEWAY_SECONDS, Caller, Tokens
+from server.errors import InvalidToken
 from server.policy import Access, Policies
 from tests.conftest import Rest, bearer, body
 
@@ -271,3 +274,14 @@ def test_an_rpc_without_the_option_fails_closed() -> None:
     # and an RPC of a service the contract does not know at all:
     assert policies["/elsewhere.Unknown/Method"].access is Access.REQUIRED
     assert policies["/grpc.health.v1.Health/Check"].access is Access.PUBLIC
+
+
+def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = Tokens("s" * 32)
+    token = tokens.issue("dora", lifetime=60)
+    assert tokens.verify(f"Bearer {token}") == Caller("dora")
+    assert tokens.verify(f"Bearer {token}") == Caller("dora")  # from memory
+    later = time.time() + 60 + LEEWAY_SECONDS + 1
+    monkeypatch.setattr(auth, "time", SimpleNamespace(time=lambda: later))
+    with pytest.raises(InvalidToken):
+        tokens.verify(f"Bearer {token}")
