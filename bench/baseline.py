@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__)
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument(
-        "--workers", type=int, default=Settings.workers, help="thread pool size (the server's)"
+        "--workers", type=int, default=Settings.threads, help="thread pool size (the server's)"
     )
     args = parser.parse_args(argv)
 

@@ -216,8 +216,10 @@ def run_wrk(
 
 def _wrk_script(method: str, body: bytes | None, headers: dict[str, str]) -> str:
     def lua_string(text: str) -> str:
-        # A long bracket: JSON and tokens go in as they are, no escaping.
-        return f"[==[{text}]==]"
+        # A double-quoted Lua string. (Not a long bracket: `t[[==[k]==]]`
+        # would lex as the long string `[[...]]`, a silently broken header.)
+        escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
 
     lines = [f"wrk.headers[{lua_string(k)}] = {lua_string(v)}" for k, v in headers.items()]
     body_line = ""

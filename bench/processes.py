@@ -47,6 +47,9 @@ class ServerSpec:
     name: str
     command: list[str]
     env: Mapping[str, str] = field(default_factory=dict)
+    # What REST GET /contacts/<random id> answers once the server is reachable
+    # through Envoy: 404 from the service, 200 from the baseline (any id).
+    ready_status: int = 404
 
 
 @dataclass
@@ -175,21 +178,23 @@ def _or_stop(process: Process, wait: Callable[[], T]) -> T:
         raise
 
 
-def wait_ready(http_port: int, processes: list[Process]) -> None:
-    """Ready once a REST request makes the round trip through Envoy to the server: a 404."""
+def wait_ready(http_port: int, status: int, processes: list[Process]) -> None:
+    """Ready once a REST request makes the round trip through Envoy to the server and back
+    with `status` (Envoy answers 503 while it has no healthy upstream)."""
 
-    def answered_404() -> bool | None:
+    def answered() -> bool | None:
         url = f"http://127.0.0.1:{http_port}/contacts/{uuid.uuid4()}"
         try:
-            urllib.request.urlopen(url, timeout=2).close()
+            with urllib.request.urlopen(url, timeout=2) as reply:
+                code = reply.status
         except urllib.error.HTTPError as error:
-            return True if error.code == 404 else None
-        return None
+            code = error.code
+        return True if code == status else None
 
     for process in processes:
         if not process.alive():
             raise StartError(f"{process.name} exited; its log:\n{process.log_tail()}")
-    wait_for(answered_404, processes[-1], "a 404 through Envoy")
+    wait_for(answered, processes[-1], f"an HTTP {status} through Envoy")
 
 
 def rss_kb(pid: int) -> int | None:
@@ -219,7 +224,7 @@ class Stack:
         try:
             self.server, self.grpc_port = self._started(start_server(self.spec, self.workdir))
             self.envoy, self.http_port = self._started(start_envoy(self.grpc_port, self.workdir))
-            wait_ready(self.http_port, [self.server, self.envoy])
+            wait_ready(self.http_port, self.spec.ready_status, [self.server, self.envoy])
         except BaseException:
             self._exit.close()
             raise

@@ -68,7 +68,9 @@ def contacts_spec(
 
 def baseline_spec(name: str = "baseline") -> ServerSpec:
     return ServerSpec(
-        name, [sys.executable, "-m", "bench.baseline", "--workers", str(Settings.workers)]
+        name,
+        [sys.executable, "-m", "bench.baseline", "--workers", str(Settings.threads)],
+        ready_status=200,
     )
 
 

@@ -1,15 +1,16 @@
-"""Command line: `python -m server run|serve|migrate|envoy-config|token`."""
+"""Command line: `python -m server run|serve|migrate|seed|envoy-config|token`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+import time
 
 from server import migrations, stack
 from server.auth import Tokens
 from server.settings import Settings, SettingsError
-from server.store import open_database
+from server.store import Store, open_database
 
 
 def envoy_config(settings: Settings, validate: bool) -> int:
@@ -31,6 +32,18 @@ def migrate(settings: Settings) -> int:
     return 0
 
 
+def seed(settings: Settings, contacts: int, owner: str) -> int:
+    store = Store(settings.database_url, max_connections=1)
+    company = store.create_company(f"Seeded ({contacts} contacts)", owner_id=owner)
+    started = time.monotonic()
+    store.seed_contacts(company.id, contacts)
+    took = time.monotonic() - started
+    store.close()
+    logging.getLogger("server").info("seeded %d contacts in %.1f s", contacts, took)
+    print(company.id)
+    return 0
+
+
 def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
     print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
     return 0
@@ -48,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
     commands.add_parser("migrate", help="bring the database schema to the latest version")
+    seeder = commands.add_parser("seed", help="a company with N generated contacts; prints its id")
+    seeder.add_argument("--contacts", type=int, default=1000)
+    seeder.add_argument("--owner", default="seed", help="the owning user's sub (default: seed)")
     tok = commands.add_parser("token", help="print a bearer token signed with the secret")
     tok.add_argument("--sub", required=True, help="the user id the token names")
     tok.add_argument("--superuser", action="store_true")
@@ -68,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    if args.command == "seed":
+        return seed(settings, args.contacts, args.owner)
     if args.command == "migrate":
         return migrate(settings)
     if args.command == "envoy-config":

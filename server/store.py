@@ -229,6 +229,22 @@ class Store:
             if not Contact.delete().where(Contact.id == contact_id).execute():
                 raise ContactNotFound()
 
+    @_unit
+    def seed_contacts(self, company_id: uuid.UUID, count: int, batch: int = 2000) -> None:
+        """Bulk-inserts `count` generated contacts (for benchmarks and scale tests)."""
+        stamp = now()
+        fields = [Contact.id, Contact.company, Contact.first_name, Contact.email]
+        for start in range(0, count, batch):
+            rows = [
+                (new_id(), company_id, f"Seed {n}", f"seed{n}@example.com")
+                for n in range(start, min(count, start + batch))
+            ]
+            with self.db.atomic():
+                Contact.insert_many(
+                    [(*row, stamp, stamp) for row in rows],
+                    fields=[*fields, Contact.created_at, Contact.updated_at],
+                ).execute()
+
     def _require_company(self, company_id: uuid.UUID | None) -> None:
         if company_id is not None and not Company.select().where(Company.id == company_id).exists():
             raise UnknownCompany()
