@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 BUF := node_modules/.bin/buf
 STAMP := $(VENV)/.installed
 
-.PHONY: run test gen lint check-gen validate-envoy token clean
+.PHONY: run test gen lint check-gen validate-envoy token bench clean
 
 run: $(STAMP)
 	$(PY) -m server run
@@ -53,12 +53,18 @@ check-gen: $(STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check server tests
-	$(VENV)/bin/ruff format --check server tests
+	$(VENV)/bin/ruff check server tests bench
+	$(VENV)/bin/ruff format --check server tests bench
 	$(VENV)/bin/mypy
 
 validate-envoy: $(STAMP)
 	$(PY) -m server envoy-config --validate
+
+# Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
+# and REST through Envoy (wrk); installs both from Debian on first use.
+# A few minutes; everything measured also goes to bench/results.json.
+bench: $(STAMP)
+	$(PY) -m bench $(BENCH_ARGS)
 
 token: $(STAMP)
 	@$(PY) -m server token --sub "$${SUB:-$$USER}" $${SUPERUSER:+--superuser}

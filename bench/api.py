@@ -32,8 +32,14 @@ class Rest:
         headers = {"Authorization": f"Bearer {self._token}"}
         if body is not None:
             headers["Content-Type"] = "application/json"
-        self._conn.request(method, path, body=body, headers=headers)
-        reply = self._conn.getresponse()
+        try:
+            self._conn.request(method, path, body=body, headers=headers)
+            reply = self._conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # The connection sat idle through a load run and was closed: once more, anew.
+            self._conn.close()
+            self._conn.request(method, path, body=body, headers=headers)
+            reply = self._conn.getresponse()
         return reply.status, reply.read()
 
     def json(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -51,7 +57,10 @@ class Grpc:
     """Sends pre-serialized requests, the very bytes h2load sends, and returns the reply bytes."""
 
     def __init__(self, port: int, token: str) -> None:
-        self._channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        # Loopback only: an http_proxy in the environment must not catch these calls.
+        self._channel = grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]
+        )
         self._metadata = (("authorization", f"Bearer {token}"),)
 
     def call(self, path: str, request: bytes) -> bytes:

@@ -29,6 +29,8 @@ from server.settings import PROJECT_ROOT
 
 T = TypeVar("T")
 SERVING = re.compile(r"serving gRPC on :(\d+)")
+# Loopback only: an http_proxy in the environment must not catch these requests.
+_direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class StartError(RuntimeError):
@@ -162,7 +164,7 @@ def start_envoy(grpc_port: int, workdir: Path) -> tuple[Process, int]:
 
     def listener_port() -> int:
         admin = wait_for(admin_address, process, "Envoy's admin address")
-        with urllib.request.urlopen(f"http://{admin}/listeners?format=json", timeout=2) as r:
+        with _direct.open(f"http://{admin}/listeners?format=json", timeout=2) as r:
             statuses = json.load(r)["listener_statuses"]
         return int(statuses[0]["local_address"]["socket_address"]["port_value"])
 
@@ -185,7 +187,7 @@ def wait_ready(http_port: int, status: int, processes: list[Process]) -> None:
     def answered() -> bool | None:
         url = f"http://127.0.0.1:{http_port}/contacts/{uuid.uuid4()}"
         try:
-            with urllib.request.urlopen(url, timeout=2) as reply:
+            with _direct.open(url, timeout=2) as reply:
                 code = reply.status
         except urllib.error.HTTPError as error:
             code = error.code

@@ -2,7 +2,7 @@
 
 Ratios compare requests per second with the baseline's GetContact over the
 same transport (gRPC rows with baseline gRPC, REST rows with the baseline
-behind Envoy). The targets are defined in TARGETS below, each saying exactly
+behind Envoy). The targets are made by `targets()` below, each saying exactly
 which two numbers it divides or subtracts.
 """
 
@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-Rule = Callable[[list[dict[str, Any]]], float | None]
-
 Row = dict[str, Any]
+Rule = Callable[[list[Row]], float | None]  # computes a target's value from the rows
 
 GRPC, REST = "gRPC", "REST via Envoy"
 

@@ -177,6 +177,20 @@ def _progress(row: dict[str, Any]) -> str:
     )
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """The fraction of all CPUs busy over `seconds`, from /proc/stat."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(n) for n in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 # The command
 
 
@@ -210,6 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {error}", file=sys.stderr)
         return 2
 
+    # The load generators, Envoy and the server share the machine's CPUs: any
+    # other work running meanwhile lowers every number, so say so up front.
+    busy = cpu_busy()
+    if busy > 0.25:
+        print(f"bench: WARNING: the CPUs are already {busy:.0%} busy: expect low numbers")
     shape = LoadShape(duration=args.duration, warmup=args.warmup)
     unloaded = LoadShape(1, 1, 1, 1, duration=args.duration, warmup=args.warmup)
     secret = secrets.token_urlsafe(36)  # 48 characters
@@ -236,6 +255,9 @@ def main(argv: list[str] | None = None) -> int:
     except (StartError, CheckFailed, LoadGenError, subprocess.TimeoutExpired) as error:
         print(f"bench: FAILED: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("bench: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
 
     rows = service["rows"] + baseline["rows"]
     report.add_ratios(rows, baseline="baseline")
@@ -265,8 +287,15 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
-        "tools": {**tools, **versions(), "envoy": server_stack.envoy_binary()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "cpu_busy_before": round(busy, 3),
+        },
+        "tools": {
+            **{name: {"path": path, "version": versions()[name]} for name, path in tools.items()},
+            "envoy": {"path": server_stack.envoy_binary()},
+        },
         "load": shape.__dict__ | {"description": shape.describe()},
         "seeded_contacts": args.contacts,
         "seconds": round(time.monotonic() - started, 1),
