@@ -31,8 +31,8 @@ class Message(Protocol):
     def HasField(self, field_name: str) -> bool: ...
 
 
-def parse_uuid(value: str, field: str) -> uuid.UUID:
-    if not value:
+def parse_uuid(value: str, field: str, required: bool = True) -> uuid.UUID:
+    if not value and required:
         raise InvalidField(field, "is required")
     try:
         # uuid.UUID also takes braces and urn: prefixes; the contract speaks
@@ -61,7 +61,7 @@ def page(skip: int, limit: int) -> tuple[int, int]:
     if skip < 0:
         raise InvalidField("skip", "must not be negative")
     if limit < 0 or limit > MAX_PAGE:
-        raise InvalidField("limit", f"must be between 1 and {MAX_PAGE}")
+        raise InvalidField("limit", f"must be between 0 and {MAX_PAGE} (0 means {DEFAULT_PAGE})")
     return skip, limit or DEFAULT_PAGE
 
 
@@ -79,7 +79,8 @@ def contact_fields(request: Any, partial: bool) -> dict[str, Any]:
         if request.HasField(name):
             fields[name] = text(getattr(request, name), name)
     if request.HasField("company_id"):
-        fields["company"] = parse_uuid(request.company_id, "company_id")
+        # Sent but empty is a malformed id, not a missing one: the field is optional.
+        fields["company"] = parse_uuid(request.company_id, "company_id", required=False)
     if not partial or request.HasField("is_primary"):
         fields["is_primary"] = request.is_primary
     return fields

@@ -61,6 +61,15 @@ def test_malformed_json_is_400(rest: Rest, raw: bytes) -> None:
     assert isinstance(body(r)["detail"], str)
 
 
+def test_messages_say_what_is_wrong(rest: Rest) -> None:
+    r = rest.post("/contacts", json={**VALID, "company_id": ""})
+    assert body(r) == {"detail": "company_id: must be a UUID"}
+    r = rest.post("/contacts", json={"email": "a@b.co"})
+    assert body(r) == {"detail": "first_name: is required"}
+    r = rest.post("/contacts", json={**VALID, "email": "nope"})
+    assert body(r) == {"detail": "email: must be a valid email address"}
+
+
 def test_unknown_fields_are_ignored(rest: Rest) -> None:
     r = rest.post("/contacts", json={**VALID, "nickname": "Johnny", "id": "forged"})
     assert r.status_code == 201
