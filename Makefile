@@ -64,6 +64,7 @@ validate-envoy: $(STAMP)
 # and REST through Envoy (wrk); installs both from Debian on first use.
 # A few minutes; everything measured also goes to bench/results.json.
 bench: $(STAMP)
+	$(PY) -m bench.limiter
 	$(PY) -m bench $(BENCH_ARGS)
 
 token: $(STAMP)
