@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime, timedelta
 
 import grpc
 from google.protobuf import empty_pb2, timestamp_pb2
@@ -15,9 +15,12 @@ from server.errors import CompanyForbidden, CompanyNotFound
 from server.store import Store
 from server.validation import contact_fields, page, parse_uuid, text
 
+EPOCH = datetime(1970, 1, 1)  # the store's datetimes are naive UTC
+SECOND = timedelta(seconds=1)
+
 
 def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
-    return timestamp_pb2.Timestamp(seconds=int(value.replace(tzinfo=UTC).timestamp()))
+    return timestamp_pb2.Timestamp(seconds=(value - EPOCH) // SECOND)
 
 
 def contact_message(row: db.Contact) -> pb.Contact:
