@@ -11,9 +11,12 @@ import os
 import secrets
 import socket
 import subprocess
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,26 +58,48 @@ def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condi
     raise TimeoutError(f"timed out waiting for {what}: {last!r}")
 
 
-@pytest.fixture(scope="session")
-def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def in_threads(n: int, call: Callable[[Any], Any], requests: Iterable[Any]) -> list[Any]:
+    """call(request) for every request, on n threads all released at the same moment."""
+    start = threading.Event()
+
+    def run(request: Any) -> Any:
+        start.wait()
+        return call(request)
+
+    with ThreadPoolExecutor(max_workers=n) as pool:
+        futures = [pool.submit(run, request) for request in requests]
+        start.set()
+        return [future.result() for future in futures]
+
+
+@contextmanager
+def empty_database(folder: Path) -> Iterator[str]:
+    """The URL of a new, empty database of the suite's backend, dropped afterwards.
+
+    On PostgreSQL each gets a database of its own, so concurrent runs never meet.
+    """
     if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path_factory.mktemp('db') / 'contacts.db'}"
+        yield f"sqlite:///{folder / f'contacts-{secrets.token_hex(4)}.db'}"
         return
     if BACKEND != "postgresql":
         raise pytest.UsageError(f"CONTACTS_TEST_BACKEND={BACKEND!r}: use sqlite or postgresql")
-    # A database of its own per run, so that concurrent runs never meet.
     name = f"contacts_test_{secrets.token_hex(6)}"
     admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
     admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    base = POSTGRES_ADMIN_DSN.rsplit("/", 1)[0]
     try:
-        yield f"{base}/{name}"
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        yield f"{POSTGRES_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
     finally:
         with admin.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with empty_database(tmp_path_factory.mktemp("db")) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

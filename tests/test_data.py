@@ -6,16 +6,13 @@ import os
 import secrets
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import peewee
-import psycopg2
 import pytest
 
 from contacts.v1 import contacts_pb2 as pb
@@ -23,26 +20,13 @@ from contacts.v1 import contacts_pb2_grpc
 from server import migrations
 from server.settings import PROJECT_ROOT
 from server.store import Store, open_database
-from tests.conftest import BACKEND, POSTGRES_ADMIN_DSN, Rest, body
+from tests.conftest import Rest, body, empty_database, in_threads
 
 
 @pytest.fixture
 def blank_url(tmp_path: Path) -> Iterator[str]:
-    """An empty database of the suite's backend."""
-    if BACKEND == "sqlite":
-        yield f"sqlite:///{tmp_path / 'blank.db'}"
-        return
-    name = f"contacts_blank_{secrets.token_hex(6)}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"CREATE DATABASE {name}")
-    try:
-        yield f"{POSTGRES_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
+    with empty_database(tmp_path) as url:
+        yield url
 
 
 def rows(db: peewee.Database, sql: str) -> list[tuple[Any, ...]]:
@@ -137,20 +121,6 @@ def test_the_database_itself_forbids_two_primaries(store: Store, rest: Rest, own
 @pytest.fixture
 def owner(tokens: Any) -> str:
     return str(tokens.issue("data-owner"))
-
-
-def in_threads(n: int, call: Callable[[Any], Any], requests: list[Any]) -> list[Any]:
-    """call(request) for every request, on n threads all released at the same moment."""
-    start = threading.Event()
-
-    def run(request: Any) -> Any:
-        start.wait()
-        return call(request)
-
-    with ThreadPoolExecutor(max_workers=n) as pool:
-        futures = [pool.submit(run, request) for request in requests]
-        start.set()
-        return [future.result() for future in futures]
 
 
 def test_twenty_concurrent_promotions_leave_one_primary(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import threading
 import uuid
 from collections.abc import Iterator
 
@@ -17,7 +16,7 @@ from server.auth import Tokens
 from server.limits import MAX_BUCKETS, WINDOW, MemoryBuckets
 from server.settings import Settings
 from server.store import Store
-from tests.conftest import Envoy, Rest, bearer, body, wait_for
+from tests.conftest import Envoy, Rest, bearer, body, in_threads, wait_for
 
 
 class Clock:
@@ -189,19 +188,7 @@ def test_a_bucket_refills_continuously() -> None:
 
 def test_sixteen_threads_get_exactly_one_bucket() -> None:
     buckets = MemoryBuckets(Clock())
-    allowed: list[bool] = []
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        mine = [buckets.take("shared", 60).allowed for _ in range(100)]
-        with lock:
-            allowed.extend(mine)
-
-    threads = [threading.Thread(target=hammer) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    allowed = in_threads(16, lambda _: buckets.take("shared", 60).allowed, range(1600))
     assert len(allowed) == 1600
     assert sum(allowed) == 60
 

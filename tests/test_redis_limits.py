@@ -8,7 +8,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from contacts.v1 import contacts_pb2_grpc
 from server.auth import Tokens
 from server.limits import RedisBuckets
 from server.settings import PROJECT_ROOT, Settings
-from tests.conftest import bearer, free_port, wait_for
+from tests.conftest import bearer, free_port, in_threads, wait_for
 
 REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
@@ -41,19 +40,7 @@ def redis_url() -> str:
 def test_sixteen_threads_get_exactly_one_shared_bucket(redis_url: str) -> None:
     buckets = RedisBuckets(redis_url)
     key = f"test:{uuid.uuid4()}"
-    allowed: list[bool] = []
-    lock = threading.Lock()
-
-    def hammer() -> None:
-        mine = [buckets.take(key, 60).allowed for _ in range(20)]
-        with lock:
-            allowed.extend(mine)
-
-    threads = [threading.Thread(target=hammer) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    allowed = in_threads(16, lambda _: buckets.take(key, 60).allowed, range(320))
     assert sum(allowed) == 60
     refused = buckets.take(key, 60)
     assert not refused.allowed
