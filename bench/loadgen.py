@@ -4,7 +4,8 @@ Both come from Debian (packages nghttp2-client and wrk) and are installed on
 first use. Each run is timed (a warm-up, then a fixed duration) at a fixed
 concurrency given by a `LoadShape`, and its output is parsed into a
 `LoadResult`: requests per second, p50 and p99 latency, and how many replies
-were not successes.
+were not successes. h2load can instead send a fixed number of requests
+(`LoadShape.requests`), for runs that must put a known load on a server.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class LoadGenError(RuntimeError):
 
 @dataclass(frozen=True)
 class LoadShape:
-    """How hard and how long each row is driven; the same for every row of a run."""
+    """How hard and how long a row is driven."""
 
     h2_clients: int = 4  # h2load: HTTP/2 connections ...
     h2_streams: int = 8  # ... each with this many requests in flight
@@ -36,6 +37,9 @@ class LoadShape:
     wrk_threads: int = 2
     duration: float = 10.0  # seconds measured
     warmup: float = 2.0  # seconds driven first and thrown away
+    # h2load only: more than 0 sends exactly this many requests instead, all
+    # measured (no warm-up), however long they take.
+    requests: int = 0
 
     @property
     def in_flight(self) -> int:
@@ -44,9 +48,22 @@ class LoadShape:
     def describe(self) -> str:
         return (
             f"gRPC: h2load -c {self.h2_clients} -m {self.h2_streams} -t 1; "
-            f"REST: wrk -c {self.wrk_connections} -t {self.wrk_threads}; "
-            f"{self.duration:g} s measured after {self.warmup:g} s warm-up"
+            f"REST: wrk -c {self.wrk_connections} -t {self.wrk_threads}; {self._span()}"
         )
+
+    def brief(self, tool: str) -> str:
+        """The load `tool` (h2load or wrk) puts on, short: `h2load -c 1 -m 1, 4 s`."""
+        if tool == "h2load":
+            load = f"h2load -c {self.h2_clients} -m {self.h2_streams}"
+        else:
+            load = f"wrk -c {self.wrk_connections}"
+        span = f"{self.requests:,} requests" if self.requests else f"{self.duration:g} s"
+        return f"{load}, {span}"
+
+    def _span(self) -> str:
+        if self.requests:
+            return f"{self.requests:,} requests, no warm-up"
+        return f"{self.duration:g} s measured after {self.warmup:g} s warm-up"
 
 
 @dataclass(frozen=True)
@@ -125,13 +142,19 @@ def run_h2load(
     h2load counts a reply as succeeded on any HTTP status and knows nothing of
     grpc-status: the caller must check that the same request succeeds.
     """
+    if shape.requests:
+        span = [f"--requests={shape.requests}"]
+        # However slow the server gets, a run gives up at 100 req/s or so.
+        timeout = 60 + shape.requests / 100
+    else:
+        span = [f"--duration={shape.duration:g}", f"--warm-up-time={shape.warmup:g}"]
+        timeout = shape.duration + shape.warmup + 60
     command = [
         "h2load",
         f"--clients={shape.h2_clients}",
         f"--max-concurrent-streams={shape.h2_streams}",
         "--threads=1",
-        f"--duration={shape.duration:g}",
-        f"--warm-up-time={shape.warmup:g}",
+        *span,
         f"--data={body}",
         f"--log-file={log_file}",
         "--header=content-type: application/grpc",
@@ -139,7 +162,7 @@ def run_h2load(
         *(f"--header={name}: {value}" for name, value in headers.items()),
         url,
     ]
-    output = _run(command, timeout=shape.duration + shape.warmup + 60)
+    output = _run(command, timeout=timeout)
     rps = _search(r"finished in [\d.]+m?s, ([\d.]+) req/s", output, "h2load req/s")
     counts = re.search(
         r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, "

@@ -1,10 +1,15 @@
 """The processes a benchmark runs against: a gRPC server (the service or the baseline) and Envoy.
 
 Every port is picked by the kernel (port 0) and read back: the server's from
-the "serving gRPC on :PORT" line it logs, Envoy's from its admin API. Nothing
-here uses a fixed port, so a benchmark can run beside `make run` or the tests.
+the "serving gRPC on :PORT" line it logs, Envoy's from its admin API. A
+server with several workers must be told its port in advance: the kernel
+picks a free one just before it starts. Nothing here uses a fixed port, so a
+benchmark can run beside `make run` or the tests.
+
 Each process runs in a session of its own and is stopped by its process
-group id; `Stack` stops everything it started, even when a step fails.
+group id; the workers of a multi-process server (sessions of their own too)
+are remembered by pid and stopped if their parent leaves them behind.
+`Stack` stops everything it started, even when a step fails.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -24,6 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench import procfs
 from server import stack as server_stack
 from server.settings import PROJECT_ROOT
 
@@ -52,6 +62,9 @@ class ServerSpec:
     # What REST GET /contacts/<random id> answers once the server is reachable
     # through Envoy: 404 from the service, 200 from the baseline (any id).
     ready_status: int = 404
+    # More than 1: the command starts this many worker processes that share
+    # one port, given to it in CONTACTS_GRPC_PORT (`serve --workers N`).
+    workers: int = 1
 
 
 @dataclass
@@ -61,6 +74,9 @@ class Process:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    # Its descendants as last seen: they may live in sessions of their own,
+    # out of reach of the group signal, and outlive it if it is killed.
+    descendants: set[procfs.Identity] = field(default_factory=set)
 
     @property
     def pid(self) -> int:
@@ -72,18 +88,26 @@ class Process:
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
+    def remember_descendants(self) -> None:
+        if self.alive():
+            identities = (procfs.Identity.of(pid) for pid in procfs.tree(self.pid)[1:])
+            self.descendants.update(i for i in identities if i is not None)
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM to its process group (the session we gave it), SIGKILL if it lingers."""
-        if self.popen.poll() is not None:
-            return
+        """SIGTERM to its process group (the session we gave it), SIGKILL if it lingers;
+        then any descendant it left behind, by pid."""
+        self.remember_descendants()
         for signum in (signal.SIGTERM, signal.SIGKILL):
+            if self.popen.poll() is not None:
+                break
             with suppress(ProcessLookupError):  # it exited meanwhile
                 os.killpg(self.popen.pid, signum)
-            try:
+            with suppress(subprocess.TimeoutExpired):
                 self.popen.wait(timeout=timeout)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        # A server stops its own workers on SIGTERM; these are only the ones
+        # it could not (it was killed, or died): normally there are none.
+        for descendant in self.descendants:
+            descendant.kill()
 
 
 def spawn(name: str, command: list[str], env: Mapping[str, str], log: Path) -> Process:
@@ -129,16 +153,80 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
 
 
+def free_port() -> int:
+    """A TCP port that is free on every address right now, picked by the kernel.
+
+    Bound on the wildcard address, as the server binds it (`[::]`), so that a
+    port taken on any address is never picked. Another process could take it
+    before the server does: the server then fails to start and says so.
+    """
+    for family, host in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((host, 0))
+                return int(probe.getsockname()[1])
+        except OSError:  # no IPv6 here: the IPv4 wildcard then
+            continue
+    raise StartError("cannot find a free TCP port")
+
+
 def start_server(spec: ServerSpec, workdir: Path) -> tuple[Process, int]:
-    """Starts a gRPC server and returns it with the port it logged."""
+    """Starts a gRPC server and returns it once it answers a health check, with its port."""
     env = {**clean_env(), "PYTHONUNBUFFERED": "1", **spec.env}
+    if spec.workers > 1:
+        env["CONTACTS_GRPC_PORT"] = str(free_port())
     process = spawn(spec.name, spec.command, env, workdir / f"{spec.name}.log")
 
     def port() -> int | None:
         found = SERVING.search(process.log.read_text(errors="replace"))
         return int(found[1]) if found else None
 
-    return process, _or_stop(process, lambda: wait_for(port, process, f"{spec.name} to listen"))
+    def ready() -> int:
+        bound = wait_for(port, process, f"{spec.name} to listen")
+        if spec.workers > 1:
+            # The parent logs its line as soon as it has spawned the workers,
+            # before they have migrated the database and bound the port.
+            wait_for(
+                lambda: workers_listening(process, bound, spec.workers),
+                process,
+                f"{spec.workers} workers of {spec.name} to listen on :{bound}",
+            )
+            process.remember_descendants()
+        wait_for(lambda: grpc_serving(bound), process, f"{spec.name} to answer a health check")
+        return bound
+
+    return process, _or_stop(process, ready)
+
+
+def workers_listening(server: Process, port: int, count: int) -> list[int] | None:
+    """The server's child processes that listen on `port`, once there are `count` of them.
+
+    Fails when a socket not theirs listens there too: with SO_REUSEPORT the
+    kernel would hand part of the connections to that stranger.
+    """
+    listening = procfs.listening_inodes(port)
+    sockets = {pid: procfs.socket_inodes(pid) for pid in procfs.children(server.pid)}
+    workers = [pid for pid, inodes in sockets.items() if inodes & listening]
+    if len(workers) < count:
+        return None
+    strangers = listening - set().union(*sockets.values())
+    if strangers:
+        raise StartError(f"another process listens on :{port} too (socket {strangers})")
+    return workers
+
+
+def grpc_serving(port: int) -> bool | None:
+    """True once grpc.health.v1 on 127.0.0.1:`port` answers SERVING."""
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]
+    ) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return None
+    return True if reply.status == health_pb2.HealthCheckResponse.SERVING else None
 
 
 def start_envoy(grpc_port: int, workdir: Path) -> tuple[Process, int]:
@@ -197,16 +285,6 @@ def wait_ready(http_port: int, status: int, processes: list[Process]) -> None:
         if not process.alive():
             raise StartError(f"{process.name} exited; its log:\n{process.log_tail()}")
     wait_for(answered, processes[-1], f"an HTTP {status} through Envoy")
-
-
-def rss_kb(pid: int) -> int | None:
-    """The resident set size of a process (VmRSS, kB), None if it is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return None
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.M)
-    return int(found[1]) if found else None
 
 
 class Stack:

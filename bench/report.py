@@ -1,9 +1,11 @@
-"""The results as a table and as the spec's targets, each marked met or missed.
+"""The results as tables and as the spec's targets, each marked met or missed.
 
 Ratios compare requests per second with the baseline's GetContact over the
 same transport (gRPC rows with baseline gRPC, REST rows with the baseline
-behind Envoy). The targets are made by `targets()` below, each saying exactly
-which two numbers it divides or subtracts.
+behind Envoy); in the scale table, with the same call at the smaller size.
+The targets are made by `targets()` and `scale_targets()` below, each saying
+exactly which two numbers it divides or subtracts. The rest is printing:
+memory, the query plan, how two scenarios compare.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ Row = dict[str, Any]
 Rule = Callable[[list[Row]], float | None]  # computes a target's value from the rows
 
 GRPC, REST = "gRPC", "REST via Envoy"
+GRPC_ENVOY = "gRPC via Envoy"  # native gRPC sent to Envoy's port, passed on as it is
 
 
 def find(rows: list[Row], service: str, rpc: str, transport: str) -> Row | None:
@@ -31,6 +34,22 @@ def add_ratios(rows: list[Row], baseline: str) -> None:
     for row in rows:
         base = find(rows, baseline, "GetContact", row["transport"])
         row["ratio"] = row["rps"] / base["rps"] if base and base["rps"] else None
+
+
+def add_scale_ratios(rows: list[Row], small: str) -> None:
+    """Sets each row's `ratio`: its req/s over the same call's at the `small` size."""
+    for row in rows:
+        base = find(rows, small, row["rpc"], row["transport"])
+        row["ratio"] = row["rps"] / base["rps"] if base and base["rps"] else None
+
+
+def side_by_side(rows: list[Row]) -> list[Row]:
+    """The rows grouped by call and transport, in the order each first appears, so that
+    the services measured on one call stand next to each other."""
+    groups: dict[tuple[str, str], list[Row]] = {}
+    for row in rows:
+        groups.setdefault((row["rpc"], row["transport"]), []).append(row)
+    return [row for group in groups.values() for row in group]
 
 
 @dataclass(frozen=True)
@@ -118,6 +137,35 @@ def targets(service: str, baseline: str) -> list[Target]:
     ]
 
 
+def _slowdown(rpc: str, transport: str, small: str, large: str) -> Rule:
+    def value(rows: list[Row]) -> float | None:
+        fast, slow = find(rows, small, rpc, transport), find(rows, large, rpc, transport)
+        return fast["rps"] / slow["rps"] if fast and slow and slow["rps"] else None
+
+    return value
+
+
+def scale_targets(small: str, large: str) -> list[Target]:
+    """Reads by id and the first page cost about the same however many rows there are."""
+    calls = [
+        ("GetContact", GRPC),
+        ("GetContact", REST),
+        ("ListContacts", GRPC),
+    ]
+    return [
+        Target(
+            f"{rpc} {transport.split()[0]}",
+            f"{small} {rpc} {transport} req/s / {large} {rpc} {transport} req/s "
+            f"(times slower at {large})",
+            _slowdown(rpc, transport, small, large),
+            2.0,
+            at_least=False,
+            unit="x",
+        )
+        for rpc, transport in calls
+    ]
+
+
 # Printing
 
 
@@ -125,33 +173,67 @@ def _num(value: float | None, digits: int) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def table(rows: list[Row], header: str) -> str:
-    columns = f"{'service':<10} {'rpc':<14} {'transport':<15} {'req/s':>9} {'p50 ms':>8} "
-    columns += f"{'p99 ms':>8} {'errors':>7} {'vs baseline':>11}"
-    lines = [header, "", columns, "-" * len(columns)]
+def table(rows: list[Row], header: str, ratio: str = "vs baseline") -> str:
+    """One line per row; `ratio` heads the column of each row's `ratio`."""
+    columns = f"{'service':<11} {'rpc':<17} {'transport':<15} {'req/s':>9} {'p50 ms':>8} "
+    columns += f"{'p99 ms':>8} {'errors':>7} {ratio:>11}  note"
+    lines = [header, "", columns, "-" * (len(columns) + 20)]
     for row in rows:
         lines.append(
-            f"{row['service']:<10} {row['rpc']:<14} {row['transport']:<15} "
+            f"{row['service']:<11} {row['rpc']:<17} {row['transport']:<15} "
             f"{_num(row['rps'], 1):>9} {_num(row['p50_ms'], 2):>8} {_num(row['p99_ms'], 2):>8} "
-            f"{row['errors']:>7} {_num(row.get('ratio'), 2):>11}"
+            f"{row['errors']:>7} {_num(row.get('ratio'), 2):>11}  {row.get('note', '')}".rstrip()
         )
     return "\n".join(lines)
 
 
-def target_lines(results: list[dict[str, Any]]) -> str:
-    lines = ["targets:"]
+def target_lines(results: list[dict[str, Any]], title: str = "targets:") -> str:
+    lines = [title]
     for t in results:
         verdict = {True: "met", False: "MISSED", None: "not measured"}[t["met"]]
         value = _num(t["value"], 2) + t["unit"]
         bound = f"{t['comparison']} {t['bound']:.2f}{t['unit']}"
         lines.append(
-            f"  {t['name']:<20} {value:>9}  (target {bound:>10})  {verdict:<7} {t['definition']}"
+            f"  {t['name']:<24} {value:>9}  (target {bound:>10})  {verdict:<7} {t['definition']}"
         )
     return "\n".join(lines)
 
 
-def rss_line(name: str, rss: dict[str, int | None]) -> str:
-    def mib(kb: int | None) -> str:
-        return "-" if kb is None else f"{kb / 1024:.1f} MiB"
+def comparison_lines(rows: list[Row], service: str, other: str) -> list[str]:
+    """`service` req/s over `other`'s, for each call and transport both were measured on."""
+    lines = []
+    for row in rows:
+        if row["service"] != service:
+            continue
+        base = find(rows, other, row["rpc"], row["transport"])
+        if base and base["rps"]:
+            lines.append(
+                f"  {row['rpc']:<17} {row['transport']:<15} {row['rps'] / base['rps']:5.2f}x  "
+                f"({row['rps']:.1f} / {base['rps']:.1f} req/s; "
+                f"p50 {row['p50_ms']:.2f} vs {base['p50_ms']:.2f} ms)"
+            )
+    return lines
 
-    return f"{name} server RSS: " + ", ".join(f"{when} {mib(kb)}" for when, kb in rss.items())
+
+def mib(kb: int | None) -> str:
+    return "-" if kb is None else f"{kb / 1024:.1f} MiB"
+
+
+def rss_line(name: str, rss: dict[str, int], processes: int = 1) -> str:
+    """The memory readings of one server, each with its growth since the one before."""
+    parts, previous = [], None
+    for when, kb in rss.items():
+        growth = "" if previous is None else f" ({(kb - previous) / 1024:+.1f})"
+        parts.append(f"{when} {mib(kb)}{growth}")
+        previous = kb
+    who = f"{name} ({processes} processes, summed)" if processes > 1 else name
+    return f"  {who:<34} " + ", ".join(parts)
+
+
+def plan_lines(name: str, plan: dict[str, Any]) -> list[str]:
+    """A query plan (`scale.QueryPlan.to_dict()`) and the time of the query, run once."""
+    skip = plan["params"][2]
+    lines = [f"  {name}: the page at skip={skip:,} (limit {plan['params'][1]}):"]
+    lines += [f"    {step}" for step in plan["plan"]]
+    lines.append(f"    run once in sqlite3: {plan['ms']:.1f} ms, {plan['rows']} rows")
+    return lines

@@ -46,6 +46,14 @@ class Call:
     # The company that gains one contact per successful call, if any: counting
     # its contacts after a run tells how many gRPC calls really succeeded.
     creates_in: str | None = None
+    # The name of its rows when it is not the RPC's (two calls of one RPC).
+    label: str = ""
+    # What the rows should say about the call's arguments, if anything.
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.label or self.rpc
 
     @property
     def grpc_path(self) -> str:
@@ -62,15 +70,18 @@ def get_contact(contact_id: str) -> Call:
     return Call("GetContact", request.SerializeToString(), "GET", f"/contacts/{contact_id}")
 
 
-def list_contacts(company_id: str) -> Call:
-    request = pb.ListContactsRequest(company_id=company_id, skip=0, limit=PAGE_SIZE)
-    query = urlencode({"company_id": company_id, "skip": 0, "limit": PAGE_SIZE})
+def list_contacts(company_id: str, skip: int = 0, label: str = "") -> Call:
+    """One full page (PAGE_SIZE contacts) from `skip` on: the company must have that many."""
+    request = pb.ListContactsRequest(company_id=company_id, skip=skip, limit=PAGE_SIZE)
+    query = urlencode({"company_id": company_id, "skip": skip, "limit": PAGE_SIZE})
     return Call(
         "ListContacts",
         request.SerializeToString(),
         "GET",
         f"/contacts?{query}",
         expect_contacts=PAGE_SIZE,
+        label=label,
+        note=f"skip={skip:,} limit={PAGE_SIZE}",
     )
 
 
