@@ -238,6 +238,7 @@ def measure_rest(session: Session, call: Call, shape: LoadShape) -> Row:
 
 MEASURES: dict[str, Callable[[Session, Call, LoadShape], Row]] = {
     report.GRPC: measure_grpc,
+    report.GRPC_ENVOY: measure_grpc_via_envoy,
     report.REST: measure_rest,
 }
 
