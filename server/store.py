@@ -146,6 +146,15 @@ class Prepared(Generic[M]):
     def execute(self, db: peewee.Database, *params: Any) -> Any:
         return db.execute_sql(self.sql, params)
 
+    def one(self, db: peewee.Database, *params: Any) -> M | None:
+        """The first selected row, or None (for lookups by key: no list is built)."""
+        row = db.execute_sql(self.sql, params).fetchone()
+        if row is None:
+            return None
+        return self.model(
+            **{f.name: f.python_value(value) for f, value in zip(self.fields, row, strict=True)}
+        )
+
     def rows(self, db: peewee.Database, *params: Any) -> list[M]:
         """The selected rows as model instances (the SELECT lists every field, in order)."""
         fields = self.fields
@@ -225,8 +234,7 @@ class Store:
 
     @_unit
     def find_company(self, company_id: uuid.UUID) -> Company | None:
-        found = self._company.rows(self.db, company_id.hex)
-        return found[0] if found else None
+        return self._company.one(self.db, company_id.hex)
 
     @_unit
     def list_companies(self, owner_id: str | None, skip: int, limit: int) -> list[Company]:
@@ -297,13 +305,13 @@ class Store:
                 ).execute()
 
     def _get_contact(self, contact_id: uuid.UUID) -> Contact:
-        found = self._contact.rows(self.db, contact_id.hex)
-        if not found:
+        found = self._contact.one(self.db, contact_id.hex)
+        if found is None:
             raise ContactNotFound()
-        return found[0]
+        return found
 
     def _require_company(self, company_id: uuid.UUID | None) -> None:
-        if company_id is not None and not self._company.rows(self.db, company_id.hex):
+        if company_id is not None and self._company.one(self.db, company_id.hex) is None:
             raise UnknownCompany()
 
     def _demote_primary(self, company_id: uuid.UUID, keep: uuid.UUID | None = None) -> None:
