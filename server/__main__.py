@@ -9,8 +9,9 @@ import time
 
 from server import migrations, stack
 from server.auth import Tokens
+from server.database import open_database
 from server.settings import Settings, SettingsError
-from server.store import Store, open_database
+from server.store import Store
 
 
 def envoy_config(settings: Settings, validate: bool) -> int:

@@ -1,7 +1,6 @@
 """Persistence: peewee models of companies and contacts, and the store that reads and writes them.
 
-SQLite (the default) and PostgreSQL are chosen by URL. Every write is one
-transaction; database failures leave here as domain errors.
+Every write is one transaction; database failures leave here as domain errors.
 """
 
 from __future__ import annotations
@@ -13,14 +12,12 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Concatenate, Generic, ParamSpec, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import peewee
-from playhouse.db_url import connect
 from playhouse.pool import PooledPostgresqlDatabase
 
+from server.database import Prepared, open_database, stand_in
 from server.errors import ContactNotFound, StoreUnavailable, UnknownCompany
 from server.migrations import migrate
 
@@ -78,92 +75,8 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0, tzinfo=None)
 
 
-def open_database(url: str, max_connections: int) -> peewee.Database:
-    scheme = urlparse(url).scheme
-    if scheme == "sqlite":
-        path = url.removeprefix("sqlite:///")
-        if path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets readers run beside the writer; IMMEDIATE takes the write
-        # lock at BEGIN so that two writers queue on busy_timeout instead of
-        # one failing with "database is locked" on upgrade.
-        return peewee.SqliteDatabase(
-            path,
-            lock_type="IMMEDIATE",
-            pragmas={
-                "journal_mode": "wal",
-                "busy_timeout": 10_000,
-                "foreign_keys": 1,
-                "synchronous": "normal",
-            },
-        )
-    if scheme in ("postgres", "postgresql"):
-        parsed = urlparse(url)
-        return PooledPostgresqlDatabase(
-            parsed.path.lstrip("/"),
-            host=parsed.hostname,
-            port=parsed.port,
-            user=parsed.username,
-            password=parsed.password,
-            max_connections=max_connections,
-            stale_timeout=300,
-            connect_timeout=3,
-        )
-    return connect(url)
-
-
 P = ParamSpec("P")
 R = TypeVar("R")
-M = TypeVar("M", bound=BaseModel)
-
-
-def _stand_in(field: peewee.Field, key: uuid.UUID, stamp: datetime) -> object:
-    """A non-null value of the field's type: peewee binds a parameter for it (NULL it inlines)."""
-    if isinstance(field, peewee.DateTimeField):
-        return stamp
-    if isinstance(field, peewee.UUIDField | peewee.ForeignKeyField):
-        return key
-    if isinstance(field, peewee.BooleanField):
-        return True
-    return "x"
-
-
-class Prepared(Generic[M]):
-    """SQL that peewee compiles once; each run only binds fresh parameters.
-
-    Compiling a query costs peewee ~150 µs, some 25 times what SQLite takes to
-    run it, so the hot statements are compiled when the store opens.
-    Parameters are passed as the database wants them (UUIDs as `.hex`).
-    """
-
-    def __init__(self, query: Any, arity: int) -> None:
-        self.sql, probe = query.sql()
-        if len(probe) != arity:
-            raise ValueError(f"{self.sql!r} binds {len(probe)} parameters, not {arity}")
-        self.model: type[M] = query.model
-        self.fields = self.model._meta.sorted_fields
-
-    def execute(self, db: peewee.Database, *params: Any) -> Any:
-        return db.execute_sql(self.sql, params)
-
-    def one(self, db: peewee.Database, *params: Any) -> M | None:
-        """The first selected row, or None (for lookups by key: no list is built)."""
-        row = db.execute_sql(self.sql, params).fetchone()
-        if row is None:
-            return None
-        return self.model(
-            **{f.name: f.python_value(value) for f, value in zip(self.fields, row, strict=True)}
-        )
-
-    def rows(self, db: peewee.Database, *params: Any) -> list[M]:
-        """The selected rows as model instances (the SELECT lists every field, in order)."""
-        fields = self.fields
-        return [
-            self.model(
-                **{f.name: f.python_value(value) for f, value in zip(fields, row, strict=True)}
-            )
-            for row in db.execute_sql(self.sql, params)
-        ]
 
 
 def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
@@ -202,7 +115,7 @@ class Store:
             3,
         )
         self._insert_contact = Prepared[Contact](
-            Contact.insert({f: _stand_in(f, probe, stamp) for f in Contact._meta.sorted_fields}),
+            Contact.insert({f: stand_in(f, probe, stamp) for f in Contact._meta.sorted_fields}),
             len(Contact._meta.sorted_fields),
         )
 

@@ -18,8 +18,9 @@ import pytest
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server import migrations
+from server.database import open_database
 from server.settings import PROJECT_ROOT
-from server.store import Store, open_database
+from server.store import Store
 from tests.conftest import Rest, body, empty_database, in_threads
 
 
