@@ -7,12 +7,37 @@
 -- Native gRPC requests (content-type application/grpc...) pass untouched.
 
 local REST = "contacts.rest"
+-- The path a REST request was sent to, for the server to bind path variables
+-- from (a body or query field of the same name must not override them).
+local PATH_HEADER = "x-contacts-rest-path"
+
+-- The transcoder's own rule for what is native gRPC.
+local function is_grpc(content_type)
+  return content_type == "application/grpc"
+    or content_type:sub(1, 17) == "application/grpc+"
+    or content_type:sub(1, 17) == "application/grpc;"
+end
 
 function envoy_on_request(handle)
-  local content_type = handle:headers():get("content-type") or ""
-  if content_type:sub(1, 16) ~= "application/grpc" then
-    handle:streamInfo():dynamicMetadata():set(REST, "method", handle:headers():get(":method"))
+  local headers = handle:headers()
+  if is_grpc(headers:get("content-type") or "") then
+    headers:remove(PATH_HEADER)
+    return
   end
+  -- gRPC control headers (grpc-timeout, grpc-encoding, ...) are not part of
+  -- the REST API; passed on, they would make the upstream call fail.
+  local grpc_headers = {}
+  for name, _ in pairs(headers) do
+    if name:sub(1, 5) == "grpc-" then
+      grpc_headers[#grpc_headers + 1] = name
+    end
+  end
+  for _, name in ipairs(grpc_headers) do
+    headers:remove(name)
+  end
+  local path = headers:get(":path") or ""
+  headers:replace(PATH_HEADER, (path:gsub("%?.*$", "")))
+  handle:streamInfo():dynamicMetadata():set(REST, "method", headers:get(":method"))
 end
 
 -- grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec).
@@ -65,7 +90,8 @@ function envoy_on_response(handle)
     headers:replace(":status", "204")
     headers:remove("content-type")
     handle:body(true):setBytes("")
-    headers:remove("content-length")
+    -- body() invalidates the header handle taken before it.
+    handle:headers():remove("content-length")
   elseif method == "GET" then
     local body = handle:body()
     if body ~= nil then

@@ -14,9 +14,15 @@ from grpc_reflection.v1alpha import reflection
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from server.auth import Tokens
 from server.errors import StoreUnavailable
-from server.interceptors import AuthInterceptor, ErrorInterceptor, RateLimitInterceptor
+from server.interceptors import (
+    AuthInterceptor,
+    ErrorInterceptor,
+    RateLimitInterceptor,
+    RestPathInterceptor,
+)
 from server.limits import Buckets, MemoryBuckets, RedisBuckets
 from server.policy import Policies, RateClass
+from server.rest import PathBindings
 from server.services import Companies, Contacts
 from server.settings import Settings
 from server.store import Store
@@ -81,6 +87,7 @@ def create_app(
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
     """
     policies = Policies()
+    tokens = Tokens(settings.jwt_secret)
     if buckets is None:
         buckets = RedisBuckets(settings.redis_url) if settings.redis_url else MemoryBuckets()
     limits = {
@@ -91,8 +98,9 @@ def create_app(
         futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
         interceptors=[
             ErrorInterceptor(),
-            AuthInterceptor(Tokens(settings.jwt_secret), policies),
-            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies),
+            RestPathInterceptor(PathBindings()),
+            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens),
+            AuthInterceptor(tokens, policies),
         ],
         # grpcio sets SO_REUSEPORT by default, which would let a stray second
         # server silently share a busy port; only workers may share it.

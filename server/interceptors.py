@@ -1,4 +1,4 @@
-"""The interceptor chain: errors → auth → rate limits. Each reads RPC policy from the proto."""
+"""The interceptor chain: errors → REST paths → rate limits → auth. Each reads the proto."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import grpc
 from grpc_interceptor import ExceptionToStatusInterceptor, ServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
-from server.auth import Tokens, caller, serving
-from server.errors import InvalidToken, NotAuthenticated, RateLimited
+from server.auth import Tokens, serving
+from server.errors import InvalidField, InvalidToken, NotAuthenticated, RateLimited
 from server.limits import Buckets
 from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
+from server.rest import PATH_HEADER, PathBindings
 from server.settings import Networks
 
 log = logging.getLogger(__name__)
@@ -24,12 +25,49 @@ def metadata_values(context: grpc.ServicerContext, key: str) -> list[str]:
     return [str(value) for name, value in context.invocation_metadata() or () if name == key]
 
 
+class _Undecodable:
+    """Stands in for a request whose bytes are not a valid message."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # protobuf's DecodeError, or text that is not UTF-8
+            return UNDECODABLE
+
+    return decode
+
+
 class ErrorInterceptor(ExceptionToStatusInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
     Headers go out as trailing metadata of a trailers-only reply, which Envoy
-    passes to REST clients as HTTP headers.
+    passes to REST clients as HTTP headers. A request that cannot be decoded
+    (a REST id with bytes that are not UTF-8, say) is INVALID_ARGUMENT here;
+    grpcio alone would answer INTERNAL before any interceptor ran.
     """
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        def tolerant(details: Any) -> Any:
+            handler = continuation(details)
+            if handler is None or handler.request_deserializer is None:
+                return handler
+            return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+
+        return super().intercept_service(tolerant, handler_call_details)
+
+    def intercept(
+        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+    ) -> Any:
+        if request is UNDECODABLE:
+            request = None
+            error = InvalidField("request", "is not a valid message (text must be UTF-8)")
+            self.handle_exception(error, request, context, method_name)
+        return super().intercept(method, request, context, method_name)
 
     def handle_exception(
         self,
@@ -49,6 +87,29 @@ class ErrorInterceptor(ExceptionToStatusInterceptor):
         raise ex
 
 
+class RestPathInterceptor(ServerInterceptor):
+    """Path variables of a REST request win over query and body fields of the same name."""
+
+    def __init__(self, bindings: PathBindings) -> None:
+        self._bindings = bindings
+
+    def intercept(
+        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+    ) -> Any:
+        sent = metadata_values(context, PATH_HEADER)
+        if len(sent) == 1:
+            self._bindings.bind(method_name, sent[0], request)
+        return method(request, context)
+
+
+def bearer_token(context: grpc.ServicerContext) -> str | None:
+    """The one `authorization` value sent, None if none; two are refused."""
+    sent = metadata_values(context, "authorization")
+    if len(sent) > 1:
+        raise InvalidToken()
+    return sent[0] if sent else None
+
+
 class AuthInterceptor(ServerInterceptor):
     """Verifies the bearer token, enforces the RPC's declared access, binds the caller."""
 
@@ -62,10 +123,8 @@ class AuthInterceptor(ServerInterceptor):
         rule = self._policies[method_name]
         if rule is INFRASTRUCTURE_RULE:
             return method(request, context)
-        sent = metadata_values(context, "authorization")
-        if len(sent) > 1:
-            raise InvalidToken()
-        who = self._tokens.verify(sent[0]) if sent else None
+        authorization = bearer_token(context)
+        who = self._tokens.verify(authorization) if authorization is not None else None
         if who is None and rule.access is Access.REQUIRED:
             raise NotAuthenticated()
         with serving(who):
@@ -89,8 +148,9 @@ def peer_address(context: grpc.ServicerContext) -> str:
 class RateLimitInterceptor(ServerInterceptor):
     """Draws one token per call from the caller's bucket of the RPC's declared rate class.
 
-    The caller is the token's `sub`, else the address Envoy saw, believed
-    only from a trusted proxy, else the gRPC peer address.
+    It runs before authentication, so that calls with refused tokens are
+    limited too. The caller is a valid token's `sub`, else the address Envoy
+    saw, believed only from a trusted proxy, else the gRPC peer address.
     """
 
     def __init__(
@@ -99,16 +159,21 @@ class RateLimitInterceptor(ServerInterceptor):
         policies: Policies,
         limits: dict[RateClass, int],
         trusted_proxies: Networks,
+        tokens: Tokens,
     ) -> None:
         self._buckets = buckets
         self._policies = policies
         self._limits = limits
         self._trusted = trusted_proxies
+        self._tokens = tokens
 
     def client(self, context: grpc.ServicerContext) -> str:
-        who = caller()
-        if who is not None:
-            return f"sub:{who.sub}"
+        try:
+            authorization = bearer_token(context)
+            if authorization is not None:
+                return f"sub:{self._tokens.verify(authorization).sub}"
+        except InvalidToken:
+            pass  # refused later by the auth interceptor; counted by address here
         address = peer_address(context)
         if self._is_trusted(address):
             forwarded = metadata_values(context, CLIENT_ADDRESS_HEADER)

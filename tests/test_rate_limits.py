@@ -81,6 +81,12 @@ def test_61_rapid_creates_the_61st_is_429(api: Rest, clock: Clock) -> None:
     assert api.post("/contacts", json=NEW).status_code == 429
 
 
+def test_calls_with_refused_tokens_are_limited_too(api: Rest) -> None:
+    bad = {"Authorization": "Bearer not.a.token"}
+    codes = [api.get(f"/contacts/{uuid.uuid4()}", headers=bad).status_code for _ in range(121)]
+    assert codes == [401] * 120 + [429]
+
+
 def test_121_rapid_gets_the_121st_is_429(api: Rest) -> None:
     codes = [api.get(f"/contacts/{uuid.uuid4()}").status_code for _ in range(121)]
     assert codes == [404] * 120 + [429]

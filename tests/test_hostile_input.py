@@ -1,0 +1,115 @@
+"""What a careless or hostile client may send: never a 5xx, never someone else's row."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import grpc
+import jwt
+import pytest
+
+from tests.conftest import Envoy, Rest, body
+
+NEW = {"first_name": "H", "email": "h@x.io"}
+
+
+def contact(rest: Rest, **fields: Any) -> dict[str, Any]:
+    r = rest.post("/contacts", json={**NEW, **fields})
+    assert r.status_code == 201, r.text
+    return dict(body(r))
+
+
+def test_query_and_body_fields_cannot_override_the_path(rest: Rest, superuser_token: str) -> None:
+    a, b = contact(rest, first_name="A"), contact(rest, first_name="B")
+    assert body(rest.get(f"/contacts/{a['id']}?contact_id={b['id']}"))["first_name"] == "A"
+    r = rest.patch(f"/contacts/{a['id']}", json={"contact_id": b["id"], "designation": "X"})
+    assert body(r)["id"] == a["id"]
+    assert "designation" not in body(rest.get(f"/contacts/{b['id']}"))
+    missing = uuid.uuid4()
+    r = rest.delete(f"/contacts/{missing}?contact_id={b['id']}", token=superuser_token)
+    assert r.status_code == 404
+    assert rest.get(f"/contacts/{b['id']}").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "path", ["/contacts/%FF%FE", "/contacts?company_id=%FF", "/companies/%C3%28"]
+)
+def test_ids_that_are_not_utf8_are_400(rest: Rest, superuser_token: str, path: str) -> None:
+    for method in ("GET", "PATCH", "DELETE"):
+        if method != "GET" and "?" in path:
+            continue
+        r = rest.request(method, path, token=superuser_token, json={})
+        assert 400 <= r.status_code < 500, (method, r.status_code, r.text)
+        assert isinstance(body(r)["detail"], str)
+
+
+def test_undecodable_grpc_bytes_are_invalid_argument(envoy: Envoy, app: Any) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        raw = channel.unary_unary("/contacts.v1.ContactsService/GetContact")
+        with pytest.raises(grpc.RpcError) as refused:
+            raw(b"\x0a\x02\xff\xfe")  # field 1, a string that is not UTF-8
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "header", [{"grpc-timeout": "1n"}, {"grpc-encoding": "bogus"}, {"grpc-status": "13"}]
+)
+def test_grpc_control_headers_on_rest_are_ignored(rest: Rest, header: dict[str, str]) -> None:
+    r = rest.post("/contacts", json=NEW, headers=header)
+    assert r.status_code == 201, r.text
+
+
+def test_grpc_web_content_type_is_answered_as_rest(rest: Rest) -> None:
+    r = rest.post("/contacts", json=NEW, headers={"content-type": "application/grpc-web+json"})
+    assert r.status_code in (201, 400, 404, 415), r.text
+    assert not [h for h in r.headers if h.lower().startswith("grpc-")]
+
+
+def test_a_full_page_of_long_contacts_is_served(rest: Rest, user: tuple[str, str]) -> None:
+    company = body(rest.post("/companies", token=user[1], json={"name": "Big"}))
+    long = {
+        "first_name": "é" * 100,
+        "last_name": "ü" * 100,
+        "designation": "ß" * 100,
+        "phone": "9" * 50,
+        "email": f"{'x' * 240}@big.io",
+    }
+    for _ in range(1000):
+        rest.post("/contacts", json={"company_id": company["id"], **long})
+    r = rest.get(f"/contacts?company_id={company['id']}&limit=1000", token=user[1])
+    assert r.status_code == 200
+    assert len(body(r)) == 1000
+    assert len(r.content) > 1_048_576
+
+
+def test_oversized_bodies_and_headers_are_4xx_not_429(rest: Rest) -> None:
+    r = rest.post("/contacts", json={**NEW, "padding": "x" * 5_000_000})
+    assert r.status_code == 413
+    r = rest.get(f"/contacts/{uuid.uuid4()}?q={'x' * 20_000}")
+    assert r.status_code == 431
+
+
+def test_a_token_expired_a_moment_ago_is_refused(rest: Rest, settings: Any) -> None:
+    token = jwt.encode(
+        {"sub": "late", "exp": int(time.time()) - 2}, settings.jwt_secret, algorithm="HS256"
+    )
+    assert rest.get("/companies", token=token).status_code == 401
+
+
+@pytest.mark.parametrize("claims", [{"sub": "s" * 256}, {"sub": "ok", "exp": "9999999999"}])
+def test_odd_claims_are_refused(rest: Rest, settings: Any, claims: dict[str, Any]) -> None:
+    token = jwt.encode(
+        {"exp": int(time.time()) + 60, **claims}, settings.jwt_secret, algorithm="HS256"
+    )
+    assert rest.post("/companies", token=token, json={"name": "C"}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    "bad", ["0123456789abcdef0123456789abcdef----", "{12345678-1234-1234-1234-123456789012}"]
+)
+def test_only_canonical_uuids_are_ids(rest: Rest, bad: str) -> None:
+    r = rest.get(f"/contacts/{bad}")
+    assert r.status_code == 400
+    assert body(r) == {"detail": "contact_id: must be a UUID"}
