@@ -56,6 +56,12 @@ class SuperuserRequired(exceptions.PermissionDenied):
     details = "Not enough permissions"
 
 
+class Conflict(exceptions.Aborted):
+    """Concurrent writers kept colliding; REST 409. Safe to retry."""
+
+    details = "The contact was changed concurrently, try again"
+
+
 class StoreUnavailable(exceptions.Unavailable):
     details = "The database is unavailable, try again shortly"
 

@@ -10,9 +10,9 @@ from google.protobuf import empty_pb2, timestamp_pb2
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
 from server import store as db
-from server.auth import authenticated, require_owner, require_superuser
-from server.errors import CompanyForbidden, CompanyNotFound
-from server.store import Store
+from server.auth import Caller, authenticated, require_owner, require_superuser
+from server.errors import CompanyForbidden, CompanyNotFound, Conflict
+from server.store import ATTEMPTS, Store
 from server.validation import contact_fields, page, parse_uuid, text
 
 EPOCH = datetime(1970, 1, 1)  # the store's datetimes are naive UTC
@@ -77,19 +77,34 @@ class Contacts(pb_grpc.ContactsServiceServicer):
     ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
         changes = contact_fields(request, partial=True)
+        if "company" in changes:
+            # Updating is public, but moving a contact between companies would
+            # hand it to another owner: that takes owning both ends.
+            who = authenticated()
+            self._require_contact_owner(who, self.store.get_contact(contact_id))
+            if not who.is_superuser:
+                require_owner(who, self.store.find_company(changes["company"]))
         return contact_message(self.store.update_contact(contact_id, changes))
 
     def DeleteContact(
         self, request: pb.DeleteContactRequest, context: grpc.ServicerContext
     ) -> empty_pb2.Empty:
-        contact = self.store.get_contact(parse_uuid(request.contact_id, "contact_id"))
+        contact_id = parse_uuid(request.contact_id, "contact_id")
         who = authenticated()
+        for _ in range(ATTEMPTS):
+            contact = self.store.get_contact(contact_id)
+            self._require_contact_owner(who, contact)
+            # Deleted only if it did not move since the check above.
+            if self.store.delete_contact(contact_id, contact.company_id):
+                return empty_pb2.Empty()
+        raise Conflict()
+
+    def _require_contact_owner(self, who: Caller, contact: db.Contact) -> None:
+        """A contact is its company's owner's; one with no company, superusers' only."""
         if contact.company_id is None:
             require_superuser(who)
         else:
             require_owner(who, self.store.find_company(contact.company_id))
-        self.store.delete_contact(contact.id)
-        return empty_pb2.Empty()
 
 
 class Companies(pb_grpc.CompaniesServiceServicer):

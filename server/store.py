@@ -18,7 +18,7 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from server.database import Prepared, open_database, stand_in
-from server.errors import ContactNotFound, StoreUnavailable, UnknownCompany
+from server.errors import Conflict, ContactNotFound, StoreUnavailable, UnknownCompany
 from server.migrations import migrate
 
 database = peewee.DatabaseProxy()
@@ -79,17 +79,39 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+ATTEMPTS = 3
+
+
+def _retryable(error: peewee.DatabaseError) -> bool:
+    """A write that lost a race and was rolled back: another attempt will see the winner.
+
+    PostgreSQL: a unique violation on the one-primary index (two promotions
+    that read before either wrote), a deadlock or a serialization failure.
+    """
+    if isinstance(error, peewee.IntegrityError):
+        return True
+    cause = error.args[0] if error.args else None
+    return getattr(cause, "pgcode", None) in ("40P01", "40001")
+
+
 def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
-    """One store call: a connection for its duration, and database failures
-    turned into StoreUnavailable, never a driver error."""
+    """One store call: a connection for its duration, a lost race tried again, and
+    database failures turned into domain errors, never a driver error."""
 
     @functools.wraps(method)
     def wrapper(store: Store, *args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            with store.connection():
-                return method(store, *args, **kwargs)
-        except (peewee.OperationalError, peewee.InterfaceError) as error:
-            raise StoreUnavailable() from error
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with store.connection():
+                    return method(store, *args, **kwargs)
+            except (peewee.IntegrityError, peewee.OperationalError) as error:
+                if not _retryable(error):
+                    raise StoreUnavailable() from error
+                if attempt == ATTEMPTS:
+                    raise Conflict() from error
+            except peewee.InterfaceError as error:
+                raise StoreUnavailable() from error
+        raise AssertionError("unreachable")
 
     return wrapper
 
@@ -196,10 +218,12 @@ class Store:
             return self._get_contact(contact_id)
 
     @_unit
-    def delete_contact(self, contact_id: uuid.UUID) -> None:
+    def delete_contact(self, contact_id: uuid.UUID, company_id: uuid.UUID | None) -> bool:
+        """Deletes the contact if it still belongs to `company_id` (what the caller was
+        authorised for); False if it has moved since."""
+        company = Contact.company.is_null() if company_id is None else Contact.company == company_id
         with self.db.atomic():
-            if not Contact.delete().where(Contact.id == contact_id).execute():
-                raise ContactNotFound()
+            return bool(Contact.delete().where((Contact.id == contact_id) & company).execute())
 
     @_unit
     def seed_contacts(self, company_id: uuid.UUID, count: int, batch: int = 2000) -> None:

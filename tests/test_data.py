@@ -208,3 +208,36 @@ def test_concurrent_updates_of_different_fields_lose_nothing(
             "+1 555",
             "CTO",
         )
+
+
+def test_a_move_racing_a_promotion_never_fails(
+    rest: Rest, owner: str, contacts_stub: contacts_pb2_grpc.ContactsServiceStub
+) -> None:
+    md = (("authorization", f"Bearer {owner}"),)
+    a = body(rest.post("/companies", token=owner, json={"name": "A"}))
+    b = body(rest.post("/companies", token=owner, json={"name": "B"}))
+    for round_ in range(15):
+        for company in (a, b):  # each company already has a primary
+            contacts_stub.CreateContact(
+                pb.CreateContactRequest(
+                    company_id=company["id"], first_name="P", email="p@x.io", is_primary=True
+                )
+            )
+        moving = contacts_stub.CreateContact(
+            pb.CreateContactRequest(company_id=a["id"], first_name=f"M{round_}", email="m@x.io")
+        )
+        replies = in_threads(
+            2,
+            lambda update: contacts_stub.UpdateContact(update, metadata=md),
+            [
+                pb.UpdateContactRequest(contact_id=moving.id, company_id=b["id"]),
+                pb.UpdateContactRequest(contact_id=moving.id, is_primary=True),
+            ],
+        )
+        assert [r.id for r in replies] == [moving.id, moving.id]  # both succeeded
+        # A may be left without a primary (its primary moved away); never two.
+        for company in (a, b):
+            path = f"/contacts?company_id={company['id']}&limit=1000"
+            assert sum(c["is_primary"] for c in body(rest.get(path, token=owner))) <= 1
+        final = contacts_stub.GetContact(pb.GetContactRequest(contact_id=moving.id))
+        assert final.company_id == b["id"] and final.is_primary

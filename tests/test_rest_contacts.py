@@ -6,6 +6,7 @@ import re
 import uuid
 from typing import Any
 
+from server.auth import Tokens
 from tests.conftest import Rest, body
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -108,11 +109,33 @@ def test_patch_with_empty_body_changes_nothing(rest: Rest) -> None:
     }
 
 
-def test_patch_can_move_a_contact_to_a_company(rest: Rest, company: dict[str, Any]) -> None:
-    created = create(rest, **JOHN)
-    r = rest.patch(f"/contacts/{created['id']}", json={"company_id": company["id"]})
+def test_moving_a_contact_takes_owning_both_companies(
+    rest: Rest, company: dict[str, Any], user: tuple[str, str], tokens: Tokens
+) -> None:
+    other = body(rest.post("/companies", token=user[1], json={"name": "Other"}))
+    created = create(rest, company_id=company["id"], **JOHN)
+    move = {"company_id": other["id"]}
+    path = f"/contacts/{created['id']}"
+    assert rest.patch(path, json=move).status_code == 401
+    stranger = tokens.issue(f"stranger-{uuid.uuid4()}")
+    assert rest.patch(path, token=stranger, json=move).status_code == 403
+    strangers_company = body(rest.post("/companies", token=stranger, json={"name": "S"}))
+    r = rest.patch(path, token=user[1], json={"company_id": strangers_company["id"]})
+    assert r.status_code == 403
+    assert body(rest.get(path))["company_id"] == company["id"]
+    r = rest.patch(path, token=user[1], json=move)
     assert r.status_code == 200
-    assert body(r)["company_id"] == company["id"]
+    assert body(r)["company_id"] == other["id"]
+
+
+def test_a_contact_without_company_is_moved_by_superusers_only(
+    rest: Rest, company: dict[str, Any], user: tuple[str, str], superuser_token: str
+) -> None:
+    orphan = create(rest, **JOHN)
+    path = f"/contacts/{orphan['id']}"
+    assert rest.patch(path, token=user[1], json={"company_id": company["id"]}).status_code == 403
+    r = rest.patch(path, token=superuser_token, json={"company_id": company["id"]})
+    assert r.status_code == 200
 
 
 def test_patch_unknown_contact_is_404(rest: Rest) -> None:
@@ -121,11 +144,14 @@ def test_patch_unknown_contact_is_404(rest: Rest) -> None:
     assert body(r) == {"detail": "Contact not found"}
 
 
-def test_patch_to_unknown_company_is_400_and_changes_nothing(rest: Rest) -> None:
-    created = create(rest, **JOHN)
-    r = rest.patch(
-        f"/contacts/{created['id']}", json={"company_id": str(uuid.uuid4()), "first_name": "X"}
-    )
+def test_patch_to_unknown_company_changes_nothing(
+    rest: Rest, superuser_token: str, user: tuple[str, str], company: dict[str, Any]
+) -> None:
+    created = create(rest, company_id=company["id"], **JOHN)
+    move = {"company_id": str(uuid.uuid4()), "first_name": "X"}
+    # An owner cannot probe for company ids: 403, as for a foreign company.
+    assert rest.patch(f"/contacts/{created['id']}", token=user[1], json=move).status_code == 403
+    r = rest.patch(f"/contacts/{created['id']}", token=superuser_token, json=move)
     assert r.status_code == 400
     assert body(r) == {"detail": "Company not found"}
     assert body(rest.get(f"/contacts/{created['id']}")) == created
