@@ -80,7 +80,18 @@ function envoy_on_response(handle)
     return
   end
 
-  if headers:get(":status") ~= "200" then
+  local status = headers:get(":status")
+  if status == "400" then
+    -- The transcoder's message for a body that is not a JSON object names no
+    -- field (": Root element must be a message."): it is about the body.
+    local body = handle:body()
+    local bytes = body and body:getBytes(0, body:length()) or ""
+    if bytes:sub(1, 13) == '{"detail":": ' then
+      replace_body(handle, '{"detail":"body: ' .. bytes:sub(14))
+    end
+    return
+  end
+  if status ~= "200" then
     return
   end
   local method = rest["method"]

@@ -140,3 +140,10 @@ def test_bad_list_query_is_400(
 def test_oversized_body_is_refused_without_5xx(rest: Rest) -> None:
     r = rest.post("/contacts", json={**VALID, "designation": "x" * 2_000_000})
     assert 400 <= r.status_code < 500
+
+
+@pytest.mark.parametrize("raw", [b"[1,2]", b"null", b'"text"'])
+def test_a_body_that_is_not_an_object_is_named_as_the_body(rest: Rest, raw: bytes) -> None:
+    r = rest.post("/contacts", data=raw, headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    assert body(r)["detail"].startswith("body: ")
