@@ -234,16 +234,7 @@ def start_envoy(grpc_port: int, workdir: Path) -> tuple[Process, int]:
     config = workdir / "envoy.yaml"
     config.write_text(server_stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1"))
     admin_file = workdir / "envoy-admin-address"
-    command = [
-        server_stack.envoy_binary(),
-        "-c",
-        str(config),
-        "--disable-hot-restart",
-        "--log-level",
-        "warn",
-        "--admin-address-path",
-        str(admin_file),
-    ]
+    command = server_stack.envoy_command(config, admin_address_path=admin_file)
     process = spawn("envoy", command, clean_env(), workdir / "envoy.log")
 
     def admin_address() -> str | None:

@@ -62,13 +62,19 @@ def validate_envoy_config(path: Path) -> None:
     )
 
 
-def start_envoy(config: Path, log_level: str = "warn") -> subprocess.Popen[bytes]:
-    # Its own session: a terminal's SIGINT reaches us, and we stop Envoy in
-    # order. Hot restart is off so that several stacks can share a machine.
-    return subprocess.Popen(
-        [envoy_binary(), "-c", str(config), "--log-level", log_level, "--disable-hot-restart"],
-        start_new_session=True,
-    )
+def envoy_command(config: Path, admin_address_path: Path | None = None) -> list[str]:
+    """Envoy's command line. Hot restart is off so that several stacks can share a
+    machine; with admin_address_path, Envoy writes its admin address there (for
+    admin port 0)."""
+    command = [envoy_binary(), "-c", str(config), "--log-level", "warn", "--disable-hot-restart"]
+    if admin_address_path is not None:
+        command += ["--admin-address-path", str(admin_address_path)]
+    return command
+
+
+def start_envoy(config: Path) -> subprocess.Popen[bytes]:
+    # Its own session: a terminal's SIGINT reaches us, and we stop Envoy in order.
+    return subprocess.Popen(envoy_command(config), start_new_session=True)
 
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:

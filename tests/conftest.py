@@ -139,16 +139,7 @@ class Envoy:
         admin_file = workdir / "admin-address"
         self.log = (workdir / "envoy.log").open("wb")
         self.process = subprocess.Popen(
-            [
-                stack.envoy_binary(),
-                "-c",
-                str(config),
-                "--disable-hot-restart",
-                "--log-level",
-                "warn",
-                "--admin-address-path",
-                str(admin_file),
-            ],
+            stack.envoy_command(config, admin_address_path=admin_file),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
