@@ -5,6 +5,9 @@ SQLite (the default) or PostgreSQL, chosen by URL.
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
+import time
 import uuid
 from datetime import datetime
 from pathlib import Path
@@ -16,24 +19,38 @@ from playhouse.db_url import connect
 from playhouse.pool import PooledPostgresqlDatabase
 
 
+def use_wal(path: str, attempts: int = 100) -> None:
+    """Puts the SQLite file in WAL mode (a property of the file, kept across opens).
+
+    Switching takes an exclusive lock, and SQLite refuses at once, without
+    waiting, when another process is mid-write (two servers or migrations
+    starting together on a new file): so wait and try again.
+    """
+    for attempt in range(attempts):
+        try:
+            with contextlib.closing(sqlite3.connect(path, timeout=10)) as connection:
+                connection.execute("PRAGMA journal_mode=wal")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05)
+
+
 def open_database(url: str, max_connections: int) -> peewee.Database:
     scheme = urlparse(url).scheme
     if scheme == "sqlite":
         path = url.removeprefix("sqlite:///")
         if path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            use_wal(path)
         # WAL lets readers run beside the writer; IMMEDIATE takes the write
         # lock at BEGIN so that two writers queue on busy_timeout instead of
         # one failing with "database is locked" on upgrade.
         return peewee.SqliteDatabase(
             path,
             lock_type="IMMEDIATE",
-            pragmas={
-                "journal_mode": "wal",
-                "busy_timeout": 10_000,
-                "foreign_keys": 1,
-                "synchronous": "normal",
-            },
+            pragmas={"busy_timeout": 10_000, "foreign_keys": 1, "synchronous": "normal"},
         )
     if scheme in ("postgres", "postgresql"):
         parsed = urlparse(url)
