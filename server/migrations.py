@@ -3,7 +3,9 @@
 `migrate()` runs at every start (and from `python -m server migrate`). It
 holds a lock for its whole transaction (an advisory lock on PostgreSQL, the
 write lock on SQLite), so two processes starting at once apply each step once.
-A step never changes after it has shipped; a change is a new step.
+A step never changes after it has shipped; a change is a new step. The first
+steps say IF NOT EXISTS so that a database made before migrations existed (by
+peewee's create_tables) is adopted rather than refused.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def _uuid(db: peewee.Database) -> str:
 def initial_schema(db: peewee.Database) -> None:
     uuid = _uuid(db)
     db.execute_sql(
-        f"""CREATE TABLE companies (
+        f"""CREATE TABLE IF NOT EXISTS companies (
             id {uuid} NOT NULL PRIMARY KEY,
             name VARCHAR(200) NOT NULL,
             owner_id VARCHAR(255) NOT NULL,
@@ -37,10 +39,11 @@ def initial_schema(db: peewee.Database) -> None:
     )
     # Serves ListCompanies for one owner, already in list order.
     db.execute_sql(
-        "CREATE INDEX companies_owner_id_created_at_id ON companies (owner_id, created_at, id)"
+        "CREATE INDEX IF NOT EXISTS companies_owner_id_created_at_id"
+        " ON companies (owner_id, created_at, id)"
     )
     db.execute_sql(
-        f"""CREATE TABLE contacts (
+        f"""CREATE TABLE IF NOT EXISTS contacts (
             id {uuid} NOT NULL PRIMARY KEY,
             company_id {uuid} REFERENCES companies (id) ON DELETE CASCADE,
             first_name VARCHAR(100) NOT NULL,
@@ -54,7 +57,8 @@ def initial_schema(db: peewee.Database) -> None:
     )
     # Serves ListContacts: one company's rows, already in list order.
     db.execute_sql(
-        "CREATE INDEX contacts_company_id_created_at_id ON contacts (company_id, created_at, id)"
+        "CREATE INDEX IF NOT EXISTS contacts_company_id_created_at_id"
+        " ON contacts (company_id, created_at, id)"
     )
 
 
@@ -70,8 +74,8 @@ def one_primary_per_company(db: peewee.Database) -> None:
                    OR (newer.updated_at = contacts.updated_at AND newer.id > contacts.id)))"""
     )
     db.execute_sql(
-        "CREATE UNIQUE INDEX contacts_one_primary_per_company ON contacts (company_id) "
-        "WHERE is_primary"
+        "CREATE UNIQUE INDEX IF NOT EXISTS contacts_one_primary_per_company"
+        " ON contacts (company_id) WHERE is_primary"
     )
 
 

@@ -20,7 +20,7 @@ from contacts.v1 import contacts_pb2_grpc
 from server import migrations
 from server.database import open_database
 from server.settings import PROJECT_ROOT
-from server.store import Store
+from server.store import Company, Contact, Store
 from tests.conftest import Rest, body, empty_database, in_threads
 
 
@@ -241,3 +241,25 @@ def test_a_move_racing_a_promotion_never_fails(
             assert sum(c["is_primary"] for c in body(rest.get(path, token=owner))) <= 1
         final = contacts_stub.GetContact(pb.GetContactRequest(contact_id=moving.id))
         assert final.company_id == b["id"] and final.is_primary
+
+
+def test_a_database_made_before_migrations_is_adopted(blank_url: str) -> None:
+    db = open_database(blank_url, max_connections=1)
+    with db.connection_context(), db.bind_ctx([Company, Contact]):
+        db.create_tables([Company, Contact])  # how the first builds made the schema
+        p = db.param
+        db.execute_sql(
+            "INSERT INTO contacts (id, first_name, email, is_primary, created_at, updated_at)"
+            f" VALUES ({p}, {p}, {p}, {p}, {p}, {p})",
+            (
+                uuid.uuid4().hex,
+                "Old",
+                "old@x.io",
+                False,
+                datetime(2024, 1, 1),
+                datetime(2024, 1, 1),
+            ),
+        )
+        assert migrations.migrate(db) == [1, 2]
+        assert rows(db, "SELECT first_name FROM contacts") == [("Old",)]
+    db.close()
