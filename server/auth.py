@@ -32,13 +32,8 @@ class Caller:
 _current: ContextVar[Caller | None] = ContextVar("caller", default=None)
 
 
-def caller() -> Caller | None:
-    """The verified caller of the RPC being served, or None when no token was sent."""
-    return _current.get()
-
-
 def authenticated() -> Caller:
-    """The caller of an RPC whose policy requires a token."""
+    """The verified caller of the RPC being served; NotAuthenticated if no token was sent."""
     who = _current.get()
     if who is None:
         raise NotAuthenticated()

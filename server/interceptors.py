@@ -64,9 +64,8 @@ class ErrorInterceptor(ExceptionToStatusInterceptor):
         self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
     ) -> Any:
         if request is UNDECODABLE:
-            request = None
             error = InvalidField("request", "is not a valid message (text must be UTF-8)")
-            self.handle_exception(error, request, context, method_name)
+            self.handle_exception(error, None, context, method_name)
         return super().intercept(method, request, context, method_name)
 
     def handle_exception(

@@ -26,48 +26,64 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_run_serves_rest_and_grpc_then_stops_cleanly(tmp_path: Path, signum: int) -> None:
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "CONTACTS_GRPC_PORT": str(grpc_port),
-        "CONTACTS_HTTP_PORT": str(http_port),
-        "CONTACTS_ENVOY_ADMIN_PORT": str(admin_port),
-        "CONTACTS_DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
-        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
-    }
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "server", "run"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
+class Stack:
+    """`python -m server run ARGS` on free ports; `stop` signals it and checks that it
+    exits 0 leaving none of its ports open."""
+
+    def __init__(self, tmp_path: Path, *args: str, **env: str) -> None:
+        self.ports = {
+            "CONTACTS_GRPC_PORT": free_port(),
+            "CONTACTS_HTTP_PORT": free_port(),
+            "CONTACTS_ENVOY_ADMIN_PORT": free_port(),
+        }
+        self.env = stack_env(tmp_path, **{k: str(v) for k, v in self.ports.items()}, **env)
+        self.url = f"http://127.0.0.1:{self.ports['CONTACTS_HTTP_PORT']}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "server", "run", *args],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         wait_for(
             lambda: (
-                requests.get(
-                    f"http://127.0.0.1:{http_port}/contacts/{uuid.uuid4()}", timeout=2
-                ).status_code
-                == 404
+                requests.get(f"{self.url}/contacts/{uuid.uuid4()}", timeout=2).status_code == 404
             ),
             what="the stack to answer",
         )
+
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        try:
+            self.process.send_signal(signum)
+            assert self.process.wait(timeout=30) == 0
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+        for port in self.ports.values():
+            assert not listening(port), port
+
+
+def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "CONTACTS_DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
+        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_run_serves_rest_and_grpc_then_stops_cleanly(tmp_path: Path, signum: int) -> None:
+    stack = Stack(tmp_path)
+    try:
         created = requests.post(
-            f"http://127.0.0.1:{http_port}/contacts",
-            json={"first_name": "R", "email": "r@x.io"},
-            timeout=5,
+            f"{stack.url}/contacts", json={"first_name": "R", "email": "r@x.io"}, timeout=5
         )
         assert created.status_code == 201
-        assert listening(grpc_port) and listening(admin_port)
-        stack.send_signal(signum)
-        assert stack.wait(timeout=20) == 0
+        assert listening(stack.ports["CONTACTS_GRPC_PORT"])
+        assert listening(stack.ports["CONTACTS_ENVOY_ADMIN_PORT"])
     finally:
-        if stack.poll() is None:
-            stack.kill()
-    for port in (grpc_port, http_port, admin_port):
-        assert not listening(port), port
+        stack.stop(signum)
 
 
 def test_local_secret_is_made_once_and_private(tmp_path: Path) -> None:
@@ -98,15 +114,6 @@ def test_settings_come_from_the_environment() -> None:
         Settings.from_env({"CONTACTS_JWT_SECRET": "s" * 32, "CONTACTS_HTTP_PORT": "eighty"})
 
 
-def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "CONTACTS_DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
-        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
-        **extra,
-    }
-
-
 def test_several_workers_need_shared_buckets(tmp_path: Path) -> None:
     refused = subprocess.run(
         [sys.executable, "-m", "server", "serve", "--workers", "2"],
@@ -129,46 +136,21 @@ def test_two_workers_share_one_port_and_one_allowance(tmp_path: Path) -> None:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"no Redis at {redis_url}")
-    grpc_port, http_port, admin_port = free_port(), free_port(), free_port()
-    env = stack_env(
-        tmp_path,
-        CONTACTS_GRPC_PORT=str(grpc_port),
-        CONTACTS_HTTP_PORT=str(http_port),
-        CONTACTS_ENVOY_ADMIN_PORT=str(admin_port),
-        CONTACTS_REDIS_URL=redis_url,
-    )
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "server", "run", "--workers", "2"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    sub = f"workers-{uuid.uuid4()}"
-    token = Tokens(env["CONTACTS_JWT_SECRET"]).issue(sub)
+    stack = Stack(tmp_path, "--workers", "2", CONTACTS_REDIS_URL=redis_url)
+    token = Tokens(stack.env["CONTACTS_JWT_SECRET"]).issue(f"workers-{uuid.uuid4()}")
     try:
-        url = f"http://127.0.0.1:{http_port}"
-        wait_for(
-            lambda: requests.get(f"{url}/contacts/{uuid.uuid4()}", timeout=2).status_code == 404,
-            what="the stack",
-        )
         codes = []
         for _ in range(70):
             # A fresh connection each time, so the kernel spreads them over both workers.
             with requests.Session() as fresh:
                 codes.append(
                     fresh.post(
-                        f"{url}/contacts",
+                        f"{stack.url}/contacts",
                         json={"first_name": "W", "email": "w@x.io"},
                         headers={"Authorization": f"Bearer {token}"},
                         timeout=5,
                     ).status_code
                 )
         assert codes == [201] * 60 + [429] * 10
-        stack.send_signal(signal.SIGTERM)
-        assert stack.wait(timeout=30) == 0
     finally:
-        if stack.poll() is None:
-            stack.kill()
-    for port in (grpc_port, http_port, admin_port):
-        assert not listening(port), port
+        stack.stop()
