@@ -12,6 +12,7 @@ returning client before the flood.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
@@ -26,9 +27,12 @@ def flood_address(n: int) -> str:
 
 
 def mean_take_us(buckets: MemoryBuckets, keys: list[str], limit: int) -> float:
+    async def takes() -> None:
+        for key in keys:
+            await buckets.take(key, limit)
+
     started = time.perf_counter()
-    for key in keys:
-        buckets.take(key, limit)
+    asyncio.run(takes())
     return (time.perf_counter() - started) / len(keys) * 1e6
 
 
@@ -45,8 +49,12 @@ def measure(clients: int) -> dict[str, Any]:
     tracemalloc.start()
     buckets = MemoryBuckets()
     before = tracemalloc.get_traced_memory()[0]
-    for n in range(clients):  # keys made here, as requests would make them
-        buckets.take(flood_address(n), 120)
+
+    async def flood_of_keys() -> None:
+        for n in range(clients):  # keys made here, as requests would make them
+            await buckets.take(flood_address(n), 120)
+
+    asyncio.run(flood_of_keys())
     held = tracemalloc.get_traced_memory()[0] - before
     tracemalloc.stop()
     return {

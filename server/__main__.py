@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 import time
+import uuid
 
 from server import migrations, stack
 from server.auth import Tokens
@@ -37,7 +38,7 @@ def seed(settings: Settings, contacts: int, owner: str) -> int:
     store = Store(settings.database_url, max_connections=1)
     company = store.create_company(f"Seeded ({contacts} contacts)", owner_id=owner)
     started = time.monotonic()
-    store.seed_contacts(company.id, contacts)
+    store.seed_contacts(uuid.UUID(company.id), contacts)
     took = time.monotonic() - started
     store.close()
     logging.getLogger("server").info("seeded %d contacts in %.1f s", contacts, took)

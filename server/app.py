@@ -1,14 +1,15 @@
-"""Builds the gRPC server: servicers, interceptor chain, health and reflection."""
+"""Builds the gRPC server (grpc.aio): servicers, interceptor chain, health and reflection."""
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
-from concurrent import futures
-from dataclasses import dataclass, field
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
@@ -21,6 +22,7 @@ from server.interceptors import (
     RestPathInterceptor,
 )
 from server.limits import Buckets, MemoryBuckets, RedisBuckets
+from server.offload import Offload
 from server.policy import Policies, RateClass
 from server.rest import PathBindings
 from server.services import Companies, Contacts
@@ -29,50 +31,158 @@ from server.store import Store
 
 log = logging.getLogger(__name__)
 
+MAX_STREAMS_PER_CONNECTION = 128
+MAX_REQUEST_BYTES = 1 << 20  # as Envoy allows a REST body; no request needs more
+
 SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.values())
 
 
-@dataclass
 class App:
-    server: grpc.Server
-    port: int
-    health: health.HealthServicer
-    store: Store
-    probe_interval: float = 1.0
-    _stopping: threading.Event = field(default_factory=threading.Event)
+    """The gRPC server on an event loop in a thread of its own.
+
+    `start()` returns once the server listens (App.port is then the bound
+    port) and `stop()` once it has finished; callers need not be async.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        host: str = "[::]",
+        buckets: Buckets | None = None,
+        reuse_port: bool = False,
+        probe_interval: float = 1.0,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.host = host
+        self.buckets = buckets
+        self.reuse_port = reuse_port
+        self.probe_interval = probe_interval
+        self.port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._finished: asyncio.Event | None = None
 
     def start(self) -> None:
-        self._report(health_pb2.HealthCheckResponse.SERVING)
-        self.server.start()
-        threading.Thread(target=self._watch_database, name="db-probe", daemon=True).start()
+        ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._serve(ready)), name="grpc-loop", daemon=True
+        )
+        self._thread.start()
+        self.port = ready.result()
 
     def stop(self, grace: float = 5.0) -> None:
+        if self._loop is None or self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop).result()
+        self._thread.join()
+
+    async def _serve(self, ready: concurrent.futures.Future[int]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._finished = asyncio.Event()
+        try:
+            offload = Offload(self.store.pooled, self.settings.threads)
+            buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
+            server, health_servicer, port = build_server(
+                self.settings, self.store, offload, self.host, buckets, self.reuse_port
+            )
+            await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+            await server.start()
+        except BaseException as error:
+            ready.set_exception(error)
+            return
+        self._server, self._health = server, health_servicer
+        ready.set_result(port)
+        probe = asyncio.create_task(self._watch_database(offload))
+        await self._finished.wait()
+        probe.cancel()
+        offload.close()
+        await buckets.close()
+
+    async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
-        self._stopping.set()
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        assert self._finished is not None
+        self._finished.set()
 
-    def _report(self, status: int) -> None:
+    async def _report(self, health_servicer: health_aio.HealthServicer, status: int) -> None:
         for name in ("", *SERVICES):
-            self.health.set(name, status)
+            await health_servicer.set(name, status)
 
-    def _watch_database(self) -> None:
+    async def _watch_database(self, offload: Offload) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached."""
         serving = True
-        while not self._stopping.wait(self.probe_interval):
+        while True:
+            await asyncio.sleep(self.probe_interval)
             try:
-                self.store.ping()
+                await offload.lookup(self.store.ping)
                 reachable = True
             except StoreUnavailable:
                 reachable = False
             if reachable != serving:
                 serving = reachable
                 log.warning("database %s", "reachable again" if reachable else "unreachable")
-                self._report(
+                await self._report(
+                    self._health,
                     health_pb2.HealthCheckResponse.SERVING
                     if reachable
-                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
                 )
+
+
+def buckets_for(settings: Settings) -> Buckets:
+    return RedisBuckets(settings.redis_url) if settings.redis_url else MemoryBuckets()
+
+
+def build_server(
+    settings: Settings,
+    store: Store,
+    offload: Offload,
+    host: str,
+    buckets: Buckets,
+    reuse_port: bool,
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+    """The server bound to settings.grpc_port (0 picks a free port), not yet started.
+
+    reuse_port lets several worker processes share the port (SO_REUSEPORT).
+    """
+    policies = Policies()
+    tokens = Tokens(settings.jwt_secret)
+    limits = {
+        RateClass.CREATE: settings.rate_limit_create,
+        RateClass.GENERAL: settings.rate_limit_default,
+    }
+    server = grpc.aio.server(
+        interceptors=[
+            ErrorInterceptor(settings.read_timeout),
+            RestPathInterceptor(PathBindings()),
+            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens),
+            AuthInterceptor(tokens, policies),
+        ],
+        # Calls waiting for their message cost a coroutine, not a thread;
+        # this bounds how many there can be (past it: RESOURCE_EXHAUSTED).
+        maximum_concurrent_rpcs=settings.max_calls,
+        options=[
+            # grpcio sets SO_REUSEPORT by default, which would let a stray second
+            # server silently share a busy port; only workers may share it.
+            ("grpc.so_reuseport", int(reuse_port)),
+            ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
+            ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+        ],
+    )
+    contacts_pb2_grpc.add_ContactsServiceServicer_to_server(Contacts(store, offload), server)
+    contacts_pb2_grpc.add_CompaniesServiceServicer_to_server(Companies(store, offload), server)
+    health_servicer = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    if port == 0:
+        raise OSError(f"cannot listen on gRPC port {settings.grpc_port}")
+    return server, health_servicer, port
 
 
 def create_app(
@@ -82,38 +192,5 @@ def create_app(
     buckets: Buckets | None = None,
     reuse_port: bool = False,
 ) -> App:
-    """The server bound to settings.grpc_port (0 picks a free port: see App.port).
-
-    reuse_port lets several worker processes share the port (SO_REUSEPORT).
-    """
-    policies = Policies()
-    tokens = Tokens(settings.jwt_secret)
-    if buckets is None:
-        buckets = RedisBuckets(settings.redis_url) if settings.redis_url else MemoryBuckets()
-    limits = {
-        RateClass.CREATE: settings.rate_limit_create,
-        RateClass.GENERAL: settings.rate_limit_default,
-    }
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="rpc"),
-        interceptors=[
-            ErrorInterceptor(),
-            RestPathInterceptor(PathBindings()),
-            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens),
-            AuthInterceptor(tokens, policies),
-        ],
-        # grpcio sets SO_REUSEPORT by default, which would let a stray second
-        # server silently share a busy port; only workers may share it.
-        options=[("grpc.so_reuseport", int(reuse_port))],
-    )
-    contacts_pb2_grpc.add_ContactsServiceServicer_to_server(Contacts(store), server)
-    contacts_pb2_grpc.add_CompaniesServiceServicer_to_server(Companies(store), server)
-    health_servicer = health.HealthServicer(experimental_non_blocking=True)
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
-    if port == 0:
-        raise OSError(f"cannot listen on gRPC port {settings.grpc_port}")
-    return App(server, port, health_servicer, store)
+    """The service, ready to start(); settings.grpc_port 0 picks a free port (see App.port)."""
+    return App(settings, store, host, buckets, reuse_port)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
@@ -29,19 +28,49 @@ class Caller:
     is_superuser: bool = False
 
 
-_current: ContextVar[Caller | None] = ContextVar("caller", default=None)
+@dataclass(frozen=True)
+class Identity:
+    """What a call's credentials say: decided once per call, read by every later hop."""
+
+    caller: Caller | None  # None: no token was sent, or it was refused
+    refused: bool = False  # a token was sent and is not valid
+
+
+ANONYMOUS = Identity(None)
+REFUSED = Identity(None, refused=True)
+
+_identity: ContextVar[Identity | None] = ContextVar("identity", default=None)
+
+
+def identify(authorization: Callable[[], str | None], tokens: Tokens) -> Identity:
+    """The identity of the call being served; the token is verified on first use only.
+
+    `authorization` gives the one Authorization value sent (None if none) and
+    raises InvalidToken when there are several. Each call runs in a task of its
+    own, so the remembered identity never outlives the call.
+    """
+    known = _identity.get()
+    if known is None:
+        try:
+            sent = authorization()
+            known = ANONYMOUS if sent is None else Identity(tokens.verify(sent))
+        except InvalidToken:
+            known = REFUSED
+        _identity.set(known)
+    return known
 
 
 def authenticated() -> Caller:
     """The verified caller of the RPC being served; NotAuthenticated if no token was sent."""
-    who = _current.get()
-    if who is None:
+    known = _identity.get()
+    if known is None or known.caller is None:
         raise NotAuthenticated()
-    return who
+    return known.caller
 
 
 class Owned(Protocol):
-    owner_id: str
+    @property
+    def owner_id(self) -> str: ...
 
 
 def require_owner(who: Caller, company: Owned | None) -> None:
@@ -106,13 +135,3 @@ class Tokens:
         if not isinstance(expires, int | float) or isinstance(expires, bool):
             raise InvalidToken()
         return Caller(sub=sub, is_superuser=claims.get("is_superuser") is True), float(expires)
-
-
-@contextmanager
-def serving(who: Caller | None) -> Iterator[None]:
-    """Binds the caller for the duration of one RPC (the auth interceptor's job)."""
-    binding = _current.set(who)
-    try:
-        yield
-    finally:
-        _current.reset(binding)

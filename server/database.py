@@ -1,4 +1,4 @@
-"""The database connection and statements compiled once: the store's plumbing.
+"""The database connection: the store's plumbing.
 
 SQLite (the default) or PostgreSQL, chosen by URL.
 """
@@ -8,10 +8,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-import uuid
-from datetime import datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
 from urllib.parse import urlparse
 
 import peewee
@@ -65,50 +62,3 @@ def open_database(url: str, max_connections: int) -> peewee.Database:
             connect_timeout=3,
         )
     return connect(url)
-
-
-M = TypeVar("M", bound=peewee.Model)
-
-
-def stand_in(field: peewee.Field, key: uuid.UUID, stamp: datetime) -> object:
-    """A non-null value of the field's type: peewee binds a parameter for it (NULL it inlines)."""
-    if isinstance(field, peewee.DateTimeField):
-        return stamp
-    if isinstance(field, peewee.UUIDField | peewee.ForeignKeyField):
-        return key
-    if isinstance(field, peewee.BooleanField):
-        return True
-    return "x"
-
-
-class Prepared(Generic[M]):
-    """SQL that peewee compiles once; each run only binds fresh parameters.
-
-    Compiling a query costs peewee ~150 µs, some 25 times what SQLite takes to
-    run it, so the hot statements are compiled when the store opens.
-    Parameters are passed as the database wants them (UUIDs as `.hex`).
-    """
-
-    def __init__(self, query: Any, arity: int) -> None:
-        self.sql, probe = query.sql()
-        if len(probe) != arity:
-            raise ValueError(f"{self.sql!r} binds {len(probe)} parameters, not {arity}")
-        self.model: type[M] = query.model
-        self.fields = self.model._meta.sorted_fields
-
-    def execute(self, db: peewee.Database, *params: Any) -> Any:
-        return db.execute_sql(self.sql, params)
-
-    def one(self, db: peewee.Database, *params: Any) -> M | None:
-        """The first selected row, or None (for lookups by key: no list is built)."""
-        row = db.execute_sql(self.sql, params).fetchone()
-        return None if row is None else self._instance(row)
-
-    def rows(self, db: peewee.Database, *params: Any) -> list[M]:
-        return [self._instance(row) for row in db.execute_sql(self.sql, params)]
-
-    def _instance(self, row: tuple[Any, ...]) -> M:
-        # The SELECT lists every field of the model, in order.
-        return self.model(
-            **{f.name: f.python_value(value) for f, value in zip(self.fields, row, strict=True)}
-        )

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import grpc
-from grpc_interceptor import ExceptionToStatusInterceptor, ServerInterceptor
+from grpc_interceptor import AsyncServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
-from server.auth import Tokens, serving
+from server.auth import Identity, Tokens, identify
 from server.errors import InvalidField, InvalidToken, NotAuthenticated, RateLimited
 from server.limits import Buckets
 from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
@@ -21,8 +22,15 @@ from server.settings import Networks
 log = logging.getLogger(__name__)
 
 
-def metadata_values(context: grpc.ServicerContext, key: str) -> list[str]:
+def metadata_values(context: grpc.aio.ServicerContext, key: str) -> list[str]:
     return [str(value) for name, value in context.invocation_metadata() or () if name == key]
+
+
+async def proceed(method: Callable, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """The next hop's reply: awaited when unary, passed on when a stream (health Watch,
+    reflection), which grpc_interceptor then iterates."""
+    reply = method(request, context)
+    return reply if hasattr(reply, "__aiter__") else await reply
 
 
 class _Undecodable:
@@ -42,66 +50,93 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode
 
 
-class ErrorInterceptor(ExceptionToStatusInterceptor):
+class ErrorInterceptor(AsyncServerInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
     Headers go out as trailing metadata of a trailers-only reply, which Envoy
     passes to REST clients as HTTP headers. A request that cannot be decoded
     (a REST id with bytes that are not UTF-8, say) is INVALID_ARGUMENT here;
     grpcio alone would answer INTERNAL before any interceptor ran.
+
+    It also bounds how long a call may take to send its request: grpc would
+    wait for a unary call's message for ever, and a client that opens calls
+    and never finishes them would hold them open. So a unary method is served
+    as a client-streaming one whose single message is read with a deadline.
     """
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        def tolerant(details: Any) -> Any:
-            handler = continuation(details)
-            if handler is None or handler.request_deserializer is None:
-                return handler
-            return handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+    def __init__(self, read_timeout: float) -> None:
+        self._read_timeout = read_timeout
 
-        return super().intercept_service(tolerant, handler_call_details)
+    async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return await self._wrap_other(handler, handler_call_details)
+        method_name = handler_call_details.method
+        behaviour = handler.unary_unary
 
-    def intercept(
-        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+        async def read_then_serve(_: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                request = await asyncio.wait_for(context.read(), self._read_timeout)
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"The request was not received within {self._read_timeout:g} s",
+                )
+            if request is grpc.aio.EOF:
+                request = UNDECODABLE
+            return await self.intercept(behaviour, request, context, method_name)
+
+        return grpc.stream_unary_rpc_method_handler(
+            read_then_serve,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
+        )
+
+    async def _wrap_other(self, handler: Any, handler_call_details: Any) -> Any:
+        async def same(_: Any) -> Any:
+            return handler
+
+        return await super().intercept_service(same, handler_call_details)
+
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
-        if request is UNDECODABLE:
-            error = InvalidField("request", "is not a valid message (text must be UTF-8)")
-            self.handle_exception(error, None, context, method_name)
-        return super().intercept(method, request, context, method_name)
-
-    def handle_exception(
-        self,
-        ex: Exception,
-        request_or_iterator: Any,
-        context: grpc.ServicerContext,
-        method_name: str,
-    ) -> NoReturn:
-        if isinstance(ex, GrpcException):
-            headers = getattr(ex, "headers", ())
-            if headers:
-                context.set_trailing_metadata(headers)
-            context.abort(ex.status_code, ex.details)
-        if not context.code():  # not already aborted further in
+        try:
+            if request is UNDECODABLE:
+                raise InvalidField("request", "is not a valid message (text must be UTF-8)")
+            return await proceed(method, request, context)
+        except GrpcException as error:
+            await self._abort(error, context)
+        except (grpc.aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
             log.exception("unexpected error in %s", method_name)
-            context.abort(grpc.StatusCode.INTERNAL, "Internal server error")
-        raise ex
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal server error")
+
+    async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:
+        headers = getattr(error, "headers", ())
+        if headers:
+            context.set_trailing_metadata(headers)
+        await context.abort(error.status_code, error.details)
+        raise AssertionError("abort returned")  # pragma: no cover
 
 
-class RestPathInterceptor(ServerInterceptor):
+class RestPathInterceptor(AsyncServerInterceptor):
     """Path variables of a REST request win over query and body fields of the same name."""
 
     def __init__(self, bindings: PathBindings) -> None:
         self._bindings = bindings
 
-    def intercept(
-        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
         sent = metadata_values(context, PATH_HEADER)
         if len(sent) == 1:
             self._bindings.bind(method_name, sent[0], request)
-        return method(request, context)
+        return await proceed(method, request, context)
 
 
-def bearer_token(context: grpc.ServicerContext) -> str | None:
+def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     """The one `authorization` value sent, None if none; two are refused."""
     sent = metadata_values(context, "authorization")
     if len(sent) > 1:
@@ -109,31 +144,34 @@ def bearer_token(context: grpc.ServicerContext) -> str | None:
     return sent[0] if sent else None
 
 
-class AuthInterceptor(ServerInterceptor):
-    """Verifies the bearer token, enforces the RPC's declared access, binds the caller."""
+def identity(context: grpc.aio.ServicerContext, tokens: Tokens) -> Identity:
+    return identify(lambda: bearer_token(context), tokens)
+
+
+class AuthInterceptor(AsyncServerInterceptor):
+    """Enforces the RPC's declared access with the identity the call's token gives."""
 
     def __init__(self, tokens: Tokens, policies: Policies) -> None:
         self._tokens = tokens
         self._policies = policies
 
-    def intercept(
-        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
         rule = self._policies[method_name]
-        if rule is INFRASTRUCTURE_RULE:
-            return method(request, context)
-        authorization = bearer_token(context)
-        who = self._tokens.verify(authorization) if authorization is not None else None
-        if who is None and rule.access is Access.REQUIRED:
-            raise NotAuthenticated()
-        with serving(who):
-            return method(request, context)
+        if rule is not INFRASTRUCTURE_RULE:
+            who = identity(context, self._tokens)
+            if who.refused:
+                raise InvalidToken()
+            if who.caller is None and rule.access is Access.REQUIRED:
+                raise NotAuthenticated()
+        return await proceed(method, request, context)
 
 
 CLIENT_ADDRESS_HEADER = "x-contacts-client-address"  # written by Envoy (envoy.yaml.tmpl)
 
 
-def peer_address(context: grpc.ServicerContext) -> str:
+def peer_address(context: grpc.aio.ServicerContext) -> str:
     """The peer's IP from grpc's "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678"."""
     peer = context.peer() or ""
     kind, _, rest = peer.partition(":")
@@ -144,7 +182,7 @@ def peer_address(context: grpc.ServicerContext) -> str:
     return peer
 
 
-class RateLimitInterceptor(ServerInterceptor):
+class RateLimitInterceptor(AsyncServerInterceptor):
     """Draws one token per call from the caller's bucket of the RPC's declared rate class.
 
     It runs before authentication, so that calls with refused tokens are
@@ -166,13 +204,10 @@ class RateLimitInterceptor(ServerInterceptor):
         self._trusted = trusted_proxies
         self._tokens = tokens
 
-    def client(self, context: grpc.ServicerContext) -> str:
-        try:
-            authorization = bearer_token(context)
-            if authorization is not None:
-                return f"sub:{self._tokens.verify(authorization).sub}"
-        except InvalidToken:
-            pass  # refused later by the auth interceptor; counted by address here
+    def client(self, context: grpc.aio.ServicerContext) -> str:
+        who = identity(context, self._tokens).caller
+        if who is not None:
+            return f"sub:{who.sub}"
         address = peer_address(context)
         if self._is_trusted(address):
             forwarded = metadata_values(context, CLIENT_ADDRESS_HEADER)
@@ -187,21 +222,21 @@ class RateLimitInterceptor(ServerInterceptor):
             return False
         return any(ip in network for network in self._trusted)
 
-    def intercept(
-        self, method: Callable, request: Any, context: grpc.ServicerContext, method_name: str
+    async def intercept(
+        self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
         rate = self._policies[method_name].rate
         limit = self._limits[rate] if rate is not None else 0
         if rate is None or not limit:  # infrastructure, or the limit is off
-            return method(request, context)
-        verdict = self._buckets.take(f"{rate.value}:{self.client(context)}", limit)
+            return await proceed(method, request, context)
+        verdict = await self._buckets.take(f"{rate.value}:{self.client(context)}", limit)
         if not verdict.allowed:
             raise RateLimited(verdict.headers())
         try:
-            response = method(request, context)
+            response = await proceed(method, request, context)
         except GrpcException as error:
             error.headers = (*getattr(error, "headers", ()), *verdict.headers())  # type: ignore[attr-defined]
             raise
         # Initial metadata, which Envoy turns into REST response headers.
-        context.send_initial_metadata(verdict.headers())
+        await context.send_initial_metadata(verdict.headers())
         return response

@@ -18,11 +18,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis
+import redis.asyncio
 
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0  # seconds: a bucket holds one minute's allowance
 EPSILON = 1e-9  # float slack, so that exactly a full bucket is not refused
+MAX_REDIS_CONNECTIONS = 16  # per process
+REDIS_TIMEOUT = 0.25  # seconds; past it the call passes unlimited
 MAX_BUCKETS = 10_000  # per process: ~2 MB; beyond it the least recently used go first
 
 
@@ -57,7 +60,9 @@ def judge(limit: int, ahead: float) -> Verdict:
 
 
 class Buckets(Protocol):
-    def take(self, key: str, limit: int) -> Verdict: ...
+    async def take(self, key: str, limit: int) -> Verdict: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryBuckets:
@@ -74,7 +79,10 @@ class MemoryBuckets:
     def __len__(self) -> int:
         return len(self._full_at)
 
-    def take(self, key: str, limit: int) -> Verdict:
+    async def close(self) -> None:
+        pass
+
+    async def take(self, key: str, limit: int) -> Verdict:
         with self._lock:
             now = self._clock()
             full_at = max(self._full_at.pop(key, now), now)
@@ -120,17 +128,28 @@ class RedisBuckets:
     """
 
     def __init__(self, url: str, complain_every: float = 30.0) -> None:
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
+        # A bounded pool whose callers wait their turn: one connection per
+        # call in flight would open hundreds under load.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
+            url,
+            max_connections=MAX_REDIS_CONNECTIONS,
+            timeout=REDIS_TIMEOUT,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            retry_on_timeout=False,
         )
+        self._pool = pool
+        self._redis = redis.asyncio.Redis(connection_pool=pool)
         self._take = self._redis.register_script(_TAKE)
         self._complain_every = complain_every
         self._complained_at = -math.inf
 
-    def take(self, key: str, limit: int) -> Verdict:
+    async def take(self, key: str, limit: int) -> Verdict:
         interval = WINDOW / limit
         try:
-            ahead = float(self._take(keys=[f"contacts:bucket:{key}"], args=[interval, WINDOW]))
+            ahead = float(
+                await self._take(keys=[f"contacts:bucket:{key}"], args=[interval, WINDOW])
+            )
         except redis.RedisError as error:
             now = time.monotonic()
             if now - self._complained_at >= self._complain_every:
@@ -139,5 +158,6 @@ class RedisBuckets:
             return Verdict(True, limit, limit, 0.0, 0.0)
         return judge(limit, ahead)
 
-    def close(self) -> None:
-        self._redis.close()
+    async def close(self) -> None:
+        await self._redis.aclose()
+        await self._pool.disconnect()

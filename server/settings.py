@@ -71,7 +71,10 @@ class Settings:
     rate_limit_default: int = 120
     trusted_proxies: Networks = LOOPBACK_NETWORKS
     redis_url: str = ""  # empty: buckets live in this process's memory
-    threads: int = 16  # per server process: the gRPC thread pool and the connection pool
+    # Per server process: database threads, and PostgreSQL connections.
+    threads: int = 4
+    read_timeout: float = 10.0  # seconds a call may take to send its request
+    max_calls: int = 1000  # calls in flight at once, waiting ones included
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -91,4 +94,7 @@ class Settings:
             rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", cls.rate_limit_default),
             trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", LOOPBACK)),
             redis_url=env.get("CONTACTS_REDIS_URL", ""),
+            threads=_int(env, "CONTACTS_DB_THREADS", cls.threads, minimum=1),
+            read_timeout=_int(env, "CONTACTS_READ_TIMEOUT", int(cls.read_timeout), minimum=1),
+            max_calls=_int(env, "CONTACTS_MAX_CALLS", cls.max_calls, minimum=1),
         )

@@ -11,15 +11,16 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
-from server.database import Prepared, open_database, stand_in
+from server.database import open_database
 from server.errors import Conflict, ContactNotFound, StoreUnavailable, UnknownCompany
 from server.migrations import migrate
+from server.queries import CompanyRow, ContactRow, Reads
 
 database = peewee.DatabaseProxy()
 
@@ -75,6 +76,13 @@ def now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0, tzinfo=None)
 
 
+EPOCH = datetime(1970, 1, 1)
+
+
+def epoch_seconds(stamp: datetime) -> int:
+    return (stamp - EPOCH) // timedelta(seconds=1)
+
+
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -117,29 +125,19 @@ def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[St
 
 
 class Store:
-    """Reads and writes companies and contacts; knows nothing of gRPC."""
+    """Reads and writes companies and contacts; knows nothing of gRPC.
+
+    Every method is blocking and runs on the calling thread's connection;
+    `offload.Offload` decides which thread that is.
+    """
 
     def __init__(self, url: str, max_connections: int = 16) -> None:
         self.db = open_database(url, max_connections)
-        self._pooled = isinstance(self.db, PooledPostgresqlDatabase)
+        self.pooled = isinstance(self.db, PooledPostgresqlDatabase)
         database.initialize(self.db)
         with self.db.connection_context():
             migrate(self.db)
-        probe, stamp = uuid.UUID(int=1), now()
-        self._contact = Prepared[Contact](Contact.select().where(Contact.id == probe), 1)
-        self._company = Prepared[Company](Company.select().where(Company.id == probe), 1)
-        self._contacts_page = Prepared[Contact](
-            Contact.select()
-            .where(Contact.company == probe)
-            .order_by(Contact.created_at, Contact.id)
-            .limit(1)
-            .offset(1),
-            3,
-        )
-        self._insert_contact = Prepared[Contact](
-            Contact.insert({f: stand_in(f, probe, stamp) for f in Contact._meta.sorted_fields}),
-            len(Contact._meta.sorted_fields),
-        )
+        self._reads = Reads(self.db, Contact.id, Contact.company)
 
     def close(self) -> None:
         if isinstance(self.db, PooledPostgresqlDatabase):
@@ -151,7 +149,7 @@ class Store:
         # PostgreSQL: check a pooled connection out per call, so that one
         # broken by an outage is dropped at the next check-out. SQLite: each
         # thread keeps its own connection (opening one costs more than a query).
-        return self.db.connection_context() if self._pooled else nullcontext()
+        return self.db.connection_context() if self.pooled else nullcontext()
 
     @_unit
     def ping(self) -> None:
@@ -160,51 +158,58 @@ class Store:
     # Companies
 
     @_unit
-    def create_company(self, name: str, owner_id: str) -> Company:
-        stamp = now()
+    def create_company(self, name: str, owner_id: str) -> CompanyRow:
+        stamp, company_id = now(), new_id()
         with self.db.atomic():
-            return Company.create(
-                id=new_id(), name=name, owner_id=owner_id, created_at=stamp, updated_at=stamp
-            )
+            Company.insert(
+                id=company_id, name=name, owner_id=owner_id, created_at=stamp, updated_at=stamp
+            ).execute()
+        seconds = epoch_seconds(stamp)
+        return CompanyRow(str(company_id), name, owner_id, seconds, seconds)
 
     @_unit
-    def find_company(self, company_id: uuid.UUID) -> Company | None:
-        return self._company.one(self.db, company_id.hex)
+    def find_company(self, company_id: uuid.UUID) -> CompanyRow | None:
+        return self._reads.company(company_id)
 
     @_unit
-    def list_companies(self, owner_id: str | None, skip: int, limit: int) -> list[Company]:
-        query = Company.select()
-        if owner_id is not None:
-            query = query.where(Company.owner_id == owner_id)
-        return list(query.order_by(Company.created_at, Company.id).offset(skip).limit(limit))
+    def list_companies(self, owner_id: str | None, skip: int, limit: int) -> list[CompanyRow]:
+        return self._reads.companies(owner_id, skip, limit)
 
     # Contacts
 
     @_unit
-    def get_contact(self, contact_id: uuid.UUID) -> Contact:
+    def get_contact(self, contact_id: uuid.UUID) -> ContactRow:
         return self._get_contact(contact_id)
 
     @_unit
-    def list_contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[Contact]:
-        return self._contacts_page.rows(self.db, company_id.hex, limit, skip)
+    def list_contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
+        return self._reads.contacts(company_id, skip, limit)
 
     @_unit
-    def create_contact(self, fields: Mapping[str, Any]) -> Contact:
-        stamp = now()
-        row = {**fields, "id": new_id(), "created_at": stamp, "updated_at": stamp}
+    def create_contact(self, fields: Mapping[str, Any]) -> ContactRow:
+        stamp, contact_id = now(), new_id()
+        row = {"is_primary": False, **fields, "created_at": stamp, "updated_at": stamp}
         with self.db.atomic():
             self._require_company(row.get("company"))
-            if row.get("is_primary") and row.get("company"):
+            if row["is_primary"] and row.get("company"):
                 self._demote_primary(row["company"])
-            contact = Contact(**row)  # fills in the defaults
-            insert = self._insert_contact
-            insert.execute(
-                self.db, *(f.db_value(contact.__data__.get(f.name)) for f in insert.fields)
-            )
-        return contact
+            Contact.insert(id=contact_id, **row).execute()
+        company, seconds = row.get("company"), epoch_seconds(stamp)
+        return ContactRow(
+            id=str(contact_id),
+            company_id=None if company is None else str(company),
+            first_name=row["first_name"],
+            last_name=row.get("last_name"),
+            email=row["email"],
+            phone=row.get("phone"),
+            designation=row.get("designation"),
+            is_primary=row["is_primary"],
+            created_at=seconds,
+            updated_at=seconds,
+        )
 
     @_unit
-    def update_contact(self, contact_id: uuid.UUID, changes: Mapping[str, Any]) -> Contact:
+    def update_contact(self, contact_id: uuid.UUID, changes: Mapping[str, Any]) -> ContactRow:
         with self.db.atomic():
             contact = self._get_contact(contact_id)
             if "company" in changes:
@@ -241,14 +246,14 @@ class Store:
                     fields=[*fields, Contact.created_at, Contact.updated_at],
                 ).execute()
 
-    def _get_contact(self, contact_id: uuid.UUID) -> Contact:
-        found = self._contact.one(self.db, contact_id.hex)
+    def _get_contact(self, contact_id: uuid.UUID) -> ContactRow:
+        found = self._reads.contact(contact_id)
         if found is None:
             raise ContactNotFound()
         return found
 
     def _require_company(self, company_id: uuid.UUID | None) -> None:
-        if company_id is not None and self._company.one(self.db, company_id.hex) is None:
+        if company_id is not None and self._reads.company(company_id) is None:
             raise UnknownCompany()
 
     def _demote_primary(self, company_id: uuid.UUID, keep: uuid.UUID | None = None) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import grpc
 import pytest
@@ -13,10 +14,10 @@ from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.app import App, create_app
 from server.auth import Tokens
-from server.limits import MAX_BUCKETS, WINDOW, MemoryBuckets
+from server.limits import MAX_BUCKETS, WINDOW, MemoryBuckets, Verdict
 from server.settings import Settings
 from server.store import Store
-from tests.conftest import Envoy, Rest, bearer, body, in_threads, wait_for
+from tests.conftest import Envoy, Rest, bearer, body, wait_for
 
 
 class Clock:
@@ -181,50 +182,61 @@ def test_the_address_header_is_believed_only_from_trusted_proxies(
 def test_a_bucket_refills_continuously() -> None:
     clock = Clock()
     buckets = MemoryBuckets(clock)
-    assert all(buckets.take("k", 60).allowed for _ in range(60))
-    refused = buckets.take("k", 60)
-    assert not refused.allowed and refused.retry_after == pytest.approx(1.0)
-    clock.advance(0.5)
-    assert not buckets.take("k", 60).allowed
-    clock.advance(0.5)
-    assert buckets.take("k", 60).allowed
-    clock.advance(30)
-    assert sum(buckets.take("k", 60).allowed for _ in range(40)) == 30
+
+    async def scenario() -> None:
+        assert all([(await buckets.take("k", 60)).allowed for _ in range(60)])
+        refused = await buckets.take("k", 60)
+        assert not refused.allowed and refused.retry_after == pytest.approx(1.0)
+        clock.advance(0.5)
+        assert not (await buckets.take("k", 60)).allowed
+        clock.advance(0.5)
+        assert (await buckets.take("k", 60)).allowed
+        clock.advance(30)
+        assert sum([(await buckets.take("k", 60)).allowed for _ in range(40)]) == 30
+
+    asyncio.run(scenario())
 
 
-def test_sixteen_threads_get_exactly_one_bucket() -> None:
+def test_concurrent_calls_get_exactly_one_bucket() -> None:
     buckets = MemoryBuckets(Clock())
-    allowed = in_threads(16, lambda _: buckets.take("shared", 60).allowed, range(1600))
-    assert len(allowed) == 1600
-    assert sum(allowed) == 60
+
+    async def scenario() -> list[Verdict]:
+        return await asyncio.gather(*(buckets.take("shared", 60) for _ in range(1600)))
+
+    assert sum(verdict.allowed for verdict in asyncio.run(scenario())) == 60
+
+
+def take_all(buckets: MemoryBuckets, keys: Iterable[str], limit: int = 60) -> None:
+    async def scenario() -> None:
+        for key in keys:
+            await buckets.take(key, limit)
+
+    asyncio.run(scenario())
 
 
 def test_idle_buckets_are_forgotten() -> None:
     clock = Clock()
     buckets = MemoryBuckets(clock)
-    for i in range(1000):
-        buckets.take(f"client-{i}", 60)
+    take_all(buckets, (f"client-{i}" for i in range(1000)))
     assert len(buckets) == 1000
     clock.advance(WINDOW + 1)
-    buckets.take("someone-new", 60)
+    take_all(buckets, ["someone-new"])
     assert len(buckets) == 1
 
 
 def test_a_flood_of_clients_is_capped() -> None:
     buckets = MemoryBuckets(Clock())
-    for i in range(100_000):
-        buckets.take(f"ip:10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", 60)
+    take_all(buckets, (f"ip:10.{i >> 16}.{(i >> 8) & 255}.{i & 255}" for i in range(100_000)))
     assert len(buckets) == MAX_BUCKETS
     # the newest clients are the ones kept
-    assert buckets.take("ip:10.1.134.159", 60).remaining == 58
+    assert asyncio.run(buckets.take("ip:10.1.134.159", 60)).remaining == 58
 
 
 def test_refused_verdict_headers_are_whole_seconds() -> None:
     clock = Clock()
     buckets = MemoryBuckets(clock)
-    for _ in range(7):
-        buckets.take("k", 7)
-    refused = buckets.take("k", 7)
+    take_all(buckets, ["k"] * 7, limit=7)
+    refused = asyncio.run(buckets.take("k", 7))
     headers = dict(refused.headers())
     assert headers["retry-after"] == "9"  # 60/7 = 8.57 s, rounded up
     assert headers["ratelimit-remaining"] == "0"

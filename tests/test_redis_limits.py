@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -21,7 +22,7 @@ from contacts.v1 import contacts_pb2_grpc
 from server.auth import Tokens
 from server.limits import RedisBuckets
 from server.settings import PROJECT_ROOT, Settings
-from tests.conftest import bearer, free_port, in_threads, wait_for
+from tests.conftest import bearer, free_port, wait_for
 
 REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
@@ -37,15 +38,19 @@ def redis_url() -> str:
     return REDIS_URL
 
 
-def test_sixteen_threads_get_exactly_one_shared_bucket(redis_url: str) -> None:
-    buckets = RedisBuckets(redis_url)
+def test_concurrent_calls_get_exactly_one_shared_bucket(redis_url: str) -> None:
     key = f"test:{uuid.uuid4()}"
-    allowed = in_threads(16, lambda _: buckets.take(key, 60).allowed, range(320))
-    assert sum(allowed) == 60
-    refused = buckets.take(key, 60)
-    assert not refused.allowed
-    assert dict(refused.headers())["retry-after"] == "1"
-    buckets.close()
+
+    async def scenario() -> None:
+        buckets = RedisBuckets(redis_url)
+        verdicts = await asyncio.gather(*(buckets.take(key, 60) for _ in range(320)))
+        assert sum(verdict.allowed for verdict in verdicts) == 60
+        refused = await buckets.take(key, 60)
+        assert not refused.allowed
+        assert dict(refused.headers())["retry-after"] == "1"
+        await buckets.close()
+
+    asyncio.run(scenario())
 
 
 def serve(settings_env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
@@ -131,22 +136,29 @@ def test_redis_down_fails_open_and_recovers(
     private_redis: tuple[str, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     binary, port = private_redis
-    buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", complain_every=3600)
-    with caplog.at_level(logging.ERROR, logger="server.limits"):
-        # Down: every call passes, and the outage is logged once.
-        assert all(buckets.take("k", 2).allowed for _ in range(5))
-    assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1
-    # Back: limits hold again, with no restart.
-    server = start_redis(binary, port, tmp_path)
-    try:
-        assert [buckets.take("k", 2).allowed for _ in range(3)] == [True, True, False]
-        server.terminate()
-        server.wait(timeout=10)
-        assert buckets.take("k", 2).allowed  # down again: open
-    finally:
-        if server.poll() is None:
-            server.kill()
-        buckets.close()
+
+    async def takes(buckets: RedisBuckets, n: int) -> list[bool]:
+        return [(await buckets.take("k", 2)).allowed for _ in range(n)]
+
+    async def scenario() -> None:
+        buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", complain_every=3600)
+        with caplog.at_level(logging.ERROR, logger="server.limits"):
+            # Down: every call passes, and the outage is logged once.
+            assert all(await takes(buckets, 5))
+        assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1
+        # Back: limits hold again, with no restart.
+        server = start_redis(binary, port, tmp_path)
+        try:
+            assert await takes(buckets, 3) == [True, True, False]
+            server.terminate()
+            server.wait(timeout=10)
+            assert await takes(buckets, 1) == [True]  # down again: open
+        finally:
+            if server.poll() is None:
+                server.kill()
+            await buckets.close()
+
+    asyncio.run(scenario())
 
 
 def test_secrets_are_not_in_server_logs(redis_url: str, settings: Settings, tmp_path: Path) -> None:
