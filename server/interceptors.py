@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from grpc_interceptor import AsyncServerInterceptor
@@ -50,6 +50,10 @@ def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return decode
 
 
+class _CallDetails(NamedTuple):
+    method: str
+
+
 class ErrorInterceptor(AsyncServerInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
@@ -66,17 +70,29 @@ class ErrorInterceptor(AsyncServerInterceptor):
 
     def __init__(self, read_timeout: float) -> None:
         self._read_timeout = read_timeout
+        self._chains: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return await self._wrap_other(handler, handler_call_details)
+        # grpc.aio runs every interceptor's intercept_service on every call; the
+        # chain a method gets never changes, so it is built on its first call.
+        # (Only methods that exist are remembered: the map stays bounded.)
         method_name = handler_call_details.method
+        chain = self._chains.get(method_name)
+        if chain is None:
+            chain = await self._chain(await continuation(handler_call_details), method_name)
+            if chain is not None:
+                self._chains[method_name] = chain
+        return chain
+
+    async def _chain(self, handler: Any, method_name: str) -> Any:
+        if handler is None or handler.unary_unary is None:
+            return await self._wrap_other(handler, method_name)
         behaviour = handler.unary_unary
 
         async def read_then_serve(_: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                request = await asyncio.wait_for(context.read(), self._read_timeout)
+                async with asyncio.timeout(self._read_timeout):
+                    request = await context.read()
             except TimeoutError:
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -92,11 +108,11 @@ class ErrorInterceptor(AsyncServerInterceptor):
             response_serializer=handler.response_serializer,
         )
 
-    async def _wrap_other(self, handler: Any, handler_call_details: Any) -> Any:
+    async def _wrap_other(self, handler: Any, method_name: str) -> Any:
         async def same(_: Any) -> Any:
             return handler
 
-        return await super().intercept_service(same, handler_call_details)
+        return await super().intercept_service(same, _CallDetails(method_name))
 
     async def intercept(
         self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str

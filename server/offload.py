@@ -5,8 +5,9 @@ The server is one event loop: a call that blocks it stalls every client. So:
 - SQLite lookups by key run on the loop itself. In WAL mode a reader never
   waits for the writer, and the read is a few microseconds of C: a hop to a
   thread and back would cost more than the read.
-- SQLite pages go to reader threads: a deep OFFSET can walk many index
-  entries, and sqlite3 releases the GIL while it does, so the loop serves on.
+- SQLite pages near the start run on the loop too; a deep page goes to a
+  reader thread, since OFFSET walks every index entry before it (84 ms at
+  skip=990,000) and sqlite3 releases the GIL while it walks.
 - SQLite writes go to one writer thread: they may wait up to the busy timeout
   for another process's write lock, and SQLite has one writer anyway.
 - Every PostgreSQL call waits on the network: all go to a pool of threads as
@@ -19,6 +20,10 @@ import asyncio
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+# A SQLite page that walks this many rows holds the loop for about a
+# millisecond: cheaper than a hop to a thread, short enough for the others.
+INLINE_SCAN_ROWS = 1000
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,8 +45,10 @@ class Offload:
             return call(*args, **kwargs)
         return await self._run(self._readers, call, *args, **kwargs)
 
-    async def scan(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """A read of a page of rows."""
+    async def scan(self, walked: int, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """A read of a page, which walks `walked` index entries (OFFSET walks them all)."""
+        if self._inline and walked <= INLINE_SCAN_ROWS:
+            return call(*args, **kwargs)
         return await self._run(self._readers, call, *args, **kwargs)
 
     async def write(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

@@ -68,7 +68,9 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         company = await self.db.lookup(self.store.find_company, company_id)
         require_owner(authenticated(), company)
         response = pb.ListContactsResponse()
-        for row in await self.db.scan(self.store.list_contacts, company_id, skip, limit):
+        for row in await self.db.scan(
+            skip + limit, self.store.list_contacts, company_id, skip, limit
+        ):
             contact_message(row, into=response.contacts.add())
         return response
 
@@ -158,6 +160,6 @@ class Companies(pb_grpc.CompaniesServiceServicer):
         who = authenticated()
         owner = None if who.is_superuser else who.sub
         response = pb.ListCompaniesResponse()
-        for row in await self.db.scan(self.store.list_companies, owner, skip, limit):
+        for row in await self.db.scan(skip + limit, self.store.list_companies, owner, skip, limit):
             company_message(row, into=response.companies.add())
         return response
