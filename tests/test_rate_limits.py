@@ -16,7 +16,8 @@ from server.auth import Tokens
 from server.limits import MAX_BUCKETS, WINDOW, MemoryBuckets
 from server.settings import Settings
 from server.store import Store
-from tests.conftest import Envoy, Rest, bearer, body, in_threads, wait_for
+from tests.conftest import Rest, bearer, body, in_threads
+from tests.harness import Envoy, wait_for
 
 
 class Clock:
