@@ -108,19 +108,27 @@ def health_serving(port: int) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
+SERVE = (sys.executable, "-m", "server", "serve")
+
+
 class Server:
     """`python -m server serve [--workers N]` on a free port, with `env` (CONTACTS_*) added
-    to a clean environment; ready once every worker listens and health says SERVING."""
+    to a clean environment; ready once every worker listens and health says SERVING.
+    `command` starts another server that takes its port from CONTACTS_GRPC_PORT."""
 
-    def __init__(self, env: Mapping[str, str], workdir: Path, workers: int = 1) -> None:
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        workdir: Path,
+        workers: int = 1,
+        command: tuple[str, ...] = SERVE,
+    ) -> None:
         self.port = free_port()
-        command = [sys.executable, "-m", "server", "serve"]
-        if workers > 1:
-            command += ["--workers", str(workers)]
+        argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
         environment = {**clean, **env, "CONTACTS_GRPC_PORT": str(self.port)}
         self.log = workdir / f"server-{self.port}.log"
-        self.process = spawn(command, self.log, environment)
+        self.process = spawn(argv, self.log, environment)
         try:
             wait_for(lambda: self.listeners() >= workers, 60, "the server to listen", self.process)
             wait_for(lambda: health_serving(self.port), 30, "health", self.process)
