@@ -61,11 +61,15 @@ validate-envoy: $(STAMP)
 	$(PY) -m server envoy-config --validate
 
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
-# and REST through Envoy (wrk); installs both from Debian on first use.
-# A few minutes; everything measured also goes to bench/results.json.
+# and REST through Envoy (wrk), on SQLite and on PostgreSQL at PG_DSN (skipped,
+# loudly, without a server). About 5 minutes; everything measured also goes to
+# bench/results.json. h2load and wrk come from Debian, installed on first use.
 bench: $(STAMP)
+	@command -v h2load >/dev/null || apt-get install -y nghttp2-client \
+	  || { apt-get update && apt-get install -y nghttp2-client; }
+	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
 	$(PY) -m bench.limiter
-	$(PY) -m bench $(BENCH_ARGS)
+	$(PY) -m bench --postgres $(PG_DSN) $(BENCH_ARGS)
 
 token: $(STAMP)
 	@$(PY) -m server token --sub "$${SUB:-$$USER}" $${SUPERUSER:+--superuser}

@@ -5,15 +5,16 @@ and a database: the same grpcio, the same thread pool size, the same service
 and method name (so the same h2load body and the same Envoy config work), and
 a reply of the same size. Nothing else is implemented.
 
-    python -m bench.baseline [--port 0] [--workers 16]
+    CONTACTS_GRPC_PORT=50052 python -m bench.baseline [--workers 16]
 
-It logs "serving gRPC on :PORT" like `python -m server serve`, so the harness
-learns the port the same way for both, and stops on SIGTERM or SIGINT.
+It takes its port from CONTACTS_GRPC_PORT like `python -m server serve`, so the
+harness starts both the same way, and stops on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import threading
@@ -23,7 +24,7 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from bench.workload import baseline_contact
+from bench.calls import baseline_contact
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
 from server.settings import Settings
@@ -66,13 +67,12 @@ def build_server(port: int, workers: int) -> tuple[grpc.Server, int]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline", description=__doc__)
-    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (default)")
     parser.add_argument(
         "--workers", type=int, default=Settings.threads, help="thread pool size (the server's)"
     )
     args = parser.parse_args(argv)
 
-    server, port = build_server(args.port, args.workers)
+    server, port = build_server(int(os.environ.get("CONTACTS_GRPC_PORT", "0")), args.workers)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())

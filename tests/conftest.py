@@ -1,4 +1,5 @@
-"""Fixtures that start the real things: the gRPC server, Envoy, a database.
+"""Fixtures that start the real things: the gRPC server, Envoy, a database
+(how each is started is tests/harness.py, shared with the bench).
 
 The backend comes from CONTACTS_TEST_BACKEND (sqlite, the default, or
 postgresql); `make test` runs the suite once for each.
@@ -9,53 +10,26 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg2
 import pytest
 import requests
 
 from contacts.v1 import contacts_pb2_grpc
-from server import stack
 from server.app import App, create_app
 from server.auth import Tokens
 from server.settings import Settings
 from server.store import Store
+from tests import harness
+from tests.harness import Envoy, empty_database
 
 BACKEND = os.environ.get("CONTACTS_TEST_BACKEND", "sqlite")
-POSTGRES_ADMIN_DSN = os.environ.get(
-    "CONTACTS_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as error:
-            last = error
-        time.sleep(0.05)
-    raise TimeoutError(f"timed out waiting for {what}: {last!r}")
+POSTGRES_DSN = os.environ.get("CONTACTS_TEST_POSTGRES", harness.POSTGRES_DSN)
 
 
 def in_threads(n: int, call: Callable[[Any], Any], requests: Iterable[Any]) -> list[Any]:
@@ -72,33 +46,11 @@ def in_threads(n: int, call: Callable[[Any], Any], requests: Iterable[Any]) -> l
         return [future.result() for future in futures]
 
 
-@contextmanager
-def empty_database(folder: Path) -> Iterator[str]:
-    """The URL of a new, empty database of the suite's backend, dropped afterwards.
-
-    On PostgreSQL each gets a database of its own, so concurrent runs never meet.
-    """
-    if BACKEND == "sqlite":
-        yield f"sqlite:///{folder / f'contacts-{secrets.token_hex(4)}.db'}"
-        return
-    if BACKEND != "postgresql":
-        raise pytest.UsageError(f"CONTACTS_TEST_BACKEND={BACKEND!r}: use sqlite or postgresql")
-    name = f"contacts_test_{secrets.token_hex(6)}"
-    admin = psycopg2.connect(POSTGRES_ADMIN_DSN, connect_timeout=3)
-    admin.autocommit = True
-    try:
-        with admin.cursor() as cursor:
-            cursor.execute(f"CREATE DATABASE {name}")
-        yield f"{POSTGRES_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        admin.close()
-
-
 @pytest.fixture(scope="session")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with empty_database(tmp_path_factory.mktemp("db")) as url:
+    if BACKEND not in ("sqlite", "postgresql"):
+        raise pytest.UsageError(f"CONTACTS_TEST_BACKEND={BACKEND!r}: use sqlite or postgresql")
+    with empty_database(tmp_path_factory.mktemp("db"), BACKEND, POSTGRES_DSN) as url:
         yield url
 
 
@@ -130,45 +82,10 @@ def app(settings: Settings, store: Store) -> Iterator[App]:
     running.stop(grace=1)
 
 
-class Envoy:
-    """A real Envoy in front of a gRPC port; its ports are picked by the kernel."""
-
-    def __init__(self, grpc_port: int, workdir: Path) -> None:
-        config = workdir / "envoy.yaml"
-        config.write_text(stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1"))
-        admin_file = workdir / "admin-address"
-        self.log = (workdir / "envoy.log").open("wb")
-        self.process = subprocess.Popen(
-            stack.envoy_command(config, admin_address_path=admin_file),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        self.admin = "http://" + wait_for(
-            lambda: admin_file.exists() and admin_file.read_text().strip(), what="envoy admin"
-        )
-        self.port = wait_for(self._listener_port, what="envoy listener")
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def _listener_port(self) -> int:
-        listeners = requests.get(f"{self.admin}/listeners?format=json", timeout=2).json()
-        status = listeners["listener_statuses"][0]
-        return int(status["local_address"]["socket_address"]["port_value"])
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=10)
-        self.log.close()
-
-
 @pytest.fixture(scope="session")
 def envoy(app: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
     proxy = Envoy(app.port, tmp_path_factory.mktemp("envoy"))
-    # Ready once a request makes the round trip to the server and back.
-    wait_for(
-        lambda: requests.get(f"{proxy.url}/contacts/{uuid.uuid4()}", timeout=2).status_code == 404,
-        what="envoy to reach the server",
-    )
+    proxy.wait_upstream()
     yield proxy
     proxy.stop()
 

@@ -21,12 +21,13 @@ from server import migrations
 from server.database import open_database
 from server.settings import PROJECT_ROOT
 from server.store import Company, Contact, Store
-from tests.conftest import Rest, body, empty_database, in_threads
+from tests.conftest import BACKEND, POSTGRES_DSN, Rest, body, in_threads
+from tests.harness import empty_database
 
 
 @pytest.fixture
 def blank_url(tmp_path: Path) -> Iterator[str]:
-    with empty_database(tmp_path) as url:
+    with empty_database(tmp_path, BACKEND, POSTGRES_DSN) as url:
         yield url
 
 

@@ -10,7 +10,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,8 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.settings import PROJECT_ROOT
-from tests.conftest import Envoy, free_port, wait_for
+from tests.harness import Envoy, Server, free_port, wait_for
 
 UNAVAILABLE = {"detail": "The database is unavailable, try again shortly"}
 
@@ -94,28 +92,13 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 @pytest.fixture
 def server_on(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[int]:
-    port = free_port()
     env = {
-        **os.environ,
-        "CONTACTS_GRPC_PORT": str(port),
         "CONTACTS_DATABASE_URL": private_postgres.url,
         "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
     }
-    with (tmp_path / "server.log").open("wb") as log:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            grpc.channel_ready_future(channel).result(timeout=30)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+    server = Server(env, tmp_path)
+    yield server.port
+    server.stop()
 
 
 def health(channel: grpc.Channel) -> int:

@@ -10,7 +10,8 @@ import grpc
 import jwt
 import pytest
 
-from tests.conftest import Envoy, Rest, body
+from tests.conftest import Rest, body
+from tests.harness import Envoy
 
 NEW = {"first_name": "H", "email": "h@x.io"}
 

@@ -17,7 +17,8 @@ from server.auth import Tokens
 from server.limits import MAX_BUCKETS, WINDOW, MemoryBuckets, Verdict
 from server.settings import Settings
 from server.store import Store
-from tests.conftest import Envoy, Rest, bearer, body, wait_for
+from tests.conftest import Rest, bearer, body
+from tests.harness import Envoy, wait_for
 
 
 class Clock:

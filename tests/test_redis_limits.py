@@ -8,7 +8,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,8 +20,9 @@ from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.auth import Tokens
 from server.limits import RedisBuckets
-from server.settings import PROJECT_ROOT, Settings
-from tests.conftest import bearer, free_port, wait_for
+from server.settings import Settings
+from tests.conftest import bearer
+from tests.harness import Server, free_port, wait_for
 
 REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
@@ -53,18 +53,6 @@ def test_concurrent_calls_get_exactly_one_shared_bucket(redis_url: str) -> None:
     asyncio.run(scenario())
 
 
-def serve(settings_env: dict[str, str], port: int, log: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **settings_env, "CONTACTS_GRPC_PORT": str(port)}
-    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "server", "serve"],
-            cwd=PROJECT_ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
 def test_two_server_processes_share_one_allowance(
     redis_url: str, settings: Settings, tmp_path: Path
 ) -> None:
@@ -74,12 +62,9 @@ def test_two_server_processes_share_one_allowance(
         "CONTACTS_REDIS_URL": redis_url,
         "CONTACTS_RATE_LIMIT_CREATE": "60",
     }
-    ports = [free_port(), free_port()]
-    servers = [serve(env, port, tmp_path / f"server-{port}.log") for port in ports]
-    channels = [grpc.insecure_channel(f"127.0.0.1:{port}") for port in ports]
+    servers = [Server(env, tmp_path) for _ in range(2)]
+    channels = [grpc.insecure_channel(f"127.0.0.1:{server.port}") for server in servers]
     try:
-        for ch in channels:
-            grpc.channel_ready_future(ch).result(timeout=20)
         stubs = [contacts_pb2_grpc.ContactsServiceStub(ch) for ch in channels]
         md = bearer(Tokens(settings.jwt_secret).issue(f"two-{uuid.uuid4()}"))
         passed = 0
@@ -96,8 +81,7 @@ def test_two_server_processes_share_one_allowance(
         for ch in channels:
             ch.close()
         for server in servers:
-            server.terminate()
-            server.wait(timeout=10)
+            server.stop()
 
 
 @pytest.fixture
@@ -163,27 +147,20 @@ def test_redis_down_fails_open_and_recovers(
 
 def test_secrets_are_not_in_server_logs(redis_url: str, settings: Settings, tmp_path: Path) -> None:
     secret = secrets.token_urlsafe(48)
-    port = free_port()
-    log = tmp_path / "server.log"
-    server = serve(
-        {
-            "CONTACTS_DATABASE_URL": settings.database_url,
-            "CONTACTS_JWT_SECRET": secret,
-            "CONTACTS_REDIS_URL": redis_url,
-        },
-        port,
-        log,
-    )
+    env = {
+        "CONTACTS_DATABASE_URL": settings.database_url,
+        "CONTACTS_JWT_SECRET": secret,
+        "CONTACTS_REDIS_URL": redis_url,
+    }
+    server = Server(env, tmp_path)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-            grpc.channel_ready_future(ch).result(timeout=20)
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
             token = Tokens(secret).issue("logged")
             stub = contacts_pb2_grpc.ContactsServiceStub(ch)
             with pytest.raises(grpc.RpcError):
                 stub.GetContact(pb.GetContactRequest(contact_id="bad"), metadata=bearer(token))
     finally:
-        server.terminate()
-        server.wait(timeout=10)
-    text = log.read_text()
+        server.stop()
+    text = server.log.read_text()
     assert "serving gRPC" in text
     assert secret not in text and token not in text

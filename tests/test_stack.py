@@ -18,7 +18,7 @@ import requests
 
 from server.auth import Tokens
 from server.settings import PROJECT_ROOT, Settings, SettingsError, local_secret
-from tests.conftest import free_port, wait_for
+from tests.harness import free_port, wait_for
 
 
 def listening(port: int) -> bool:

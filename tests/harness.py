@@ -1,0 +1,241 @@
+"""Starting the real things on free ports, for the tests and the bench alike.
+
+A server (`python -m server serve`), Envoy in front of a gRPC port, an empty
+database; waiting until each answers; stopping each with everything it
+started. Every process runs in a session of its own and is stopped by its
+process group, then any descendant it left behind (psutil finds them).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import psycopg2
+import requests
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server import stack
+from server.settings import PROJECT_ROOT
+
+POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+# Loopback only: a proxy named in the environment must not catch these requests.
+_local = requests.Session()
+_local.trust_env = False
+
+
+def free_port() -> int:
+    """A TCP port free on every address right now (the server binds the wildcard)."""
+    for family, wildcard in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        with suppress(OSError), socket.socket(family) as s:  # no IPv6 here: IPv4 then
+            s.bind((wildcard, 0))
+            return int(s.getsockname()[1])
+    raise OSError("no free TCP port")
+
+
+def wait_for(
+    check: Callable[[], Any],
+    timeout: float = 15.0,
+    what: str = "condition",
+    process: subprocess.Popen[bytes] | None = None,
+) -> Any:
+    """Polls `check` until it returns something true; fails early if `process` exits."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode} while waiting for {what}")
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as error:
+            last = error
+        time.sleep(0.05)
+    raise TimeoutError(f"timed out waiting for {what}: {last!r}")
+
+
+def spawn(
+    command: list[str], log: Path, env: Mapping[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """A child in a session of its own (a terminal's Ctrl-C reaches only us), output to `log`."""
+    with log.open("wb") as out:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            command,
+            cwd=PROJECT_ROOT,
+            env=None if env is None else dict(env),
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """SIGTERM to its process group, SIGKILL if it lingers; then any descendant left behind
+    (a server's workers live in sessions of their own)."""
+    descendants: list[psutil.Process] = []
+    with suppress(psutil.NoSuchProcess):
+        descendants = psutil.Process(process.pid).children(recursive=True)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        if process.poll() is not None:
+            break
+        with suppress(ProcessLookupError):
+            os.killpg(process.pid, signum)
+        with suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=timeout)
+    for child in descendants:
+        with suppress(psutil.NoSuchProcess):
+            child.kill()
+
+
+def health_serving(port: int) -> bool:
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+SERVE = (sys.executable, "-m", "server", "serve")
+
+
+class Server:
+    """`python -m server serve [--workers N]` on a free port, with `env` (CONTACTS_*) added
+    to a clean environment; ready once every worker listens and health says SERVING.
+    `command` starts another server that takes its port from CONTACTS_GRPC_PORT."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        workdir: Path,
+        workers: int = 1,
+        command: tuple[str, ...] = SERVE,
+    ) -> None:
+        self.port = free_port()
+        argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
+        environment = {**clean, **env, "CONTACTS_GRPC_PORT": str(self.port)}
+        self.log = workdir / f"server-{self.port}.log"
+        self.process = spawn(argv, self.log, environment)
+        try:
+            wait_for(lambda: self.listeners() >= workers, 60, "the server to listen", self.process)
+            wait_for(lambda: health_serving(self.port), 30, "health", self.process)
+        except BaseException as error:
+            self.stop()
+            raise RuntimeError(f"{error}; the server's log:\n{self.log_tail()}") from None
+
+    def processes(self) -> list[psutil.Process]:
+        """The server process and all its descendants."""
+        top = psutil.Process(self.process.pid)
+        return [top, *top.children(recursive=True)]
+
+    def listeners(self) -> int:
+        """How many of its processes listen on its port."""
+        count = 0
+        for each in self.processes():
+            with suppress(psutil.Error):
+                connections = each.net_connections("tcp")
+                count += any(
+                    c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
+                    for c in connections
+                )
+        return count
+
+    def rss(self) -> int:
+        """Resident memory (VmRSS) in bytes, summed over its processes (shared pages
+        counted once per process: an upper bound)."""
+        total = 0
+        for each in self.processes():
+            with suppress(psutil.Error):
+                total += each.memory_info().rss
+        return total
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+class Envoy:
+    """A real Envoy in front of a gRPC port; its ports are picked by the kernel."""
+
+    def __init__(self, grpc_port: int, workdir: Path) -> None:
+        config = workdir / f"envoy-{grpc_port}.yaml"
+        config.write_text(stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1"))
+        admin_file = workdir / f"envoy-{grpc_port}-admin-address"
+        command = stack.envoy_command(config, admin_address_path=admin_file)
+        self.process = spawn(command, workdir / f"envoy-{grpc_port}.log")
+        try:
+            self.admin = "http://" + wait_for(
+                lambda: admin_file.exists() and admin_file.read_text().strip(),
+                what="envoy admin",
+                process=self.process,
+            )
+            self.port = wait_for(self._listener_port, what="envoy listener", process=self.process)
+        except BaseException:
+            self.stop()
+            raise
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _listener_port(self) -> int:
+        listeners = _local.get(f"{self.admin}/listeners?format=json", timeout=2).json()
+        status = listeners["listener_statuses"][0]
+        return int(status["local_address"]["socket_address"]["port_value"])
+
+    def wait_upstream(self) -> None:
+        """Until a REST request makes the round trip to the server and back (Envoy says
+        503 while it has no healthy upstream; the service 404, the baseline 200)."""
+
+        def answered() -> bool:
+            url = f"{self.url}/contacts/{uuid.uuid4()}"
+            return _local.get(url, timeout=2).status_code in (200, 404)
+
+        wait_for(answered, what="envoy to reach the server", process=self.process)
+
+    def stop(self) -> None:
+        stop(self.process)
+
+
+def postgres_reachable(dsn: str = POSTGRES_DSN) -> bool:
+    try:
+        psycopg2.connect(dsn, connect_timeout=3).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+@contextmanager
+def empty_database(
+    folder: Path, backend: str = "sqlite", postgres: str = POSTGRES_DSN
+) -> Iterator[str]:
+    """The URL of a new, empty database, dropped afterwards: a file in `folder`, or on
+    PostgreSQL (server at `postgres`) a database of its own, so concurrent runs never meet."""
+    if backend == "sqlite":
+        yield f"sqlite:///{folder / f'contacts-{secrets.token_hex(4)}.db'}"
+        return
+    if backend != "postgresql":
+        raise ValueError(f"backend {backend!r}: use sqlite or postgresql")
+    name = f"contacts_test_{secrets.token_hex(6)}"
+    admin = psycopg2.connect(postgres, connect_timeout=3)
+    admin.autocommit = True
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE {name}")
+        yield f"{postgres.rsplit('/', 1)[0]}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
