@@ -73,7 +73,7 @@ class Settings:
     redis_url: str = ""  # empty: buckets live in this process's memory
     # Per server process: database threads, and PostgreSQL connections.
     threads: int = 4
-    read_timeout: float = 10.0  # seconds a call may take to send its request
+    read_timeout: float = 15.0  # seconds a call may take to send its request
     max_calls: int = 1000  # calls in flight at once, waiting ones included
 
     def __post_init__(self) -> None:

@@ -1,0 +1,218 @@
+"""Slow and stalled clients cannot freeze the service, on either door.
+
+Tried as an attacker would: requests that send their headers and part of a
+body (or nothing), then wait. Each costs the server a coroutine, not a thread,
+so everyone else keeps being served; a read deadline ends them, and a bound on
+calls in flight caps what they can hold.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
+from server.app import App, create_app
+from server.settings import Settings
+from server.store import Store
+from tests.conftest import Rest
+from tests.harness import Envoy
+
+GET_CONTACT = "/contacts.v1.ContactsService/GetContact"
+# A gRPC message prefix announcing 64 bytes, followed by 2 of them.
+PARTIAL_MESSAGE = b"\x00\x00\x00\x00\x40" + b"\x0a\x24"
+# Time a live call may take while stalls are held: far above its usual few
+# milliseconds, far below the 10 s read deadline the stalls would need to end.
+PATIENCE = 5.0
+
+
+class StalledStreams:
+    """HTTP/2 gRPC streams on one connection that send headers (and maybe part of a
+    message), then nothing more."""
+
+    def __init__(self, port: int, count: int, partial: bool) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.streams: list[int] = []
+        for _ in range(count):
+            stream = self.conn.get_next_available_stream_id()
+            self.conn.send_headers(
+                stream,
+                [
+                    (":method", "POST"),
+                    (":scheme", "http"),
+                    (":path", GET_CONTACT),
+                    (":authority", f"127.0.0.1:{port}"),
+                    ("content-type", "application/grpc"),
+                    ("te", "trailers"),
+                ],
+            )
+            if partial:
+                self.conn.send_data(stream, PARTIAL_MESSAGE)
+            self.streams.append(stream)
+        self.sock.sendall(self.conn.data_to_send())
+
+    def statuses(self, wait: float) -> dict[int, str]:
+        """The grpc-status each stream ended with, of those that ended within `wait` s."""
+        ended: dict[int, str] = {}
+        deadline = time.monotonic() + wait
+        while len(ended) < len(self.streams) and time.monotonic() < deadline:
+            self.sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = self.sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                break
+            for event in self.conn.receive_data(data):
+                headers = getattr(event, "headers", None)
+                if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                    fields = {bytes(k).decode(): bytes(v).decode() for k, v in headers or ()}
+                    if "grpc-status" in fields:
+                        ended[event.stream_id] = fields["grpc-status"]
+                elif isinstance(event, h2.events.StreamReset):
+                    ended.setdefault(event.stream_id, "reset")
+            self.sock.sendall(self.conn.data_to_send())
+        return ended
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class SlowBodies:
+    """REST creates that announce a 400-byte body, send 16 bytes of it, then wait."""
+
+    def __init__(self, port: int, count: int) -> None:
+        head = (
+            "POST /contacts HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            "Content-Length: 400\r\n\r\n"
+        ).encode()
+        self.socks = []
+        for _ in range(count):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock.sendall(head + b'{"first_name": "')
+            self.socks.append(sock)
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close()
+
+
+def answered_in_time(calls: dict[str, Callable[[], Any]], rounds: int = 5) -> dict[str, int]:
+    """Runs every call `rounds` times from 8 threads; the count of each that succeeded
+    within PATIENCE seconds."""
+    succeeded = dict.fromkeys(calls, 0)
+
+    def attempt(name: str) -> None:
+        started = time.monotonic()
+        calls[name]()
+        if time.monotonic() - started < PATIENCE:
+            succeeded[name] += 1
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        for future in [pool.submit(attempt, name) for name in calls for _ in range(rounds)]:
+            future.result()
+    return succeeded
+
+
+@pytest.fixture
+def live_calls(
+    rest: Rest, channel: grpc.Channel, company: dict[str, Any], user: tuple[str, str]
+) -> dict[str, Callable[[], Any]]:
+    stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+    health = health_pb2_grpc.HealthStub(channel)
+    created = rest.post("/contacts", json={"first_name": "Live", "email": "live@x.io"}).json()
+
+    def rest_get() -> None:
+        assert rest.get(f"/contacts/{created['id']}").status_code == 200
+
+    def rest_create() -> None:
+        r = rest.post("/contacts", json={"first_name": "L", "email": "l@x.io"})
+        assert r.status_code == 201
+
+    def grpc_get() -> None:
+        stub.GetContact(pb.GetContactRequest(contact_id=created["id"]), timeout=PATIENCE)
+
+    def grpc_create() -> None:
+        request = pb.CreateContactRequest(first_name="G", email="g@x.io")
+        stub.CreateContact(request, timeout=PATIENCE)
+
+    def health_check() -> None:
+        reply = health.Check(health_pb2.HealthCheckRequest(), timeout=PATIENCE)
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+    return {
+        "REST GET": rest_get,
+        "REST create": rest_create,
+        "gRPC GetContact": grpc_get,
+        "gRPC CreateContact": grpc_create,
+        "health": health_check,
+    }
+
+
+def test_stalled_requests_on_both_doors_freeze_nobody(
+    app: App, envoy: Envoy, live_calls: dict[str, Callable[[], Any]]
+) -> None:
+    stalls: list[StalledStreams | SlowBodies] = [
+        StalledStreams(app.port, 16, partial=False),
+        StalledStreams(app.port, 16, partial=True),
+        StalledStreams(envoy.port, 16, partial=False),
+        SlowBodies(envoy.port, 16),
+    ]
+    try:
+        succeeded = answered_in_time(live_calls)
+    finally:
+        for stall in stalls:
+            stall.close()
+    assert succeeded == dict.fromkeys(live_calls, 5)
+
+
+@pytest.fixture
+def strict(settings: Settings, store: Store) -> Iterator[App]:
+    """A server with a 1 s read deadline and room for 16 calls in flight."""
+    running = create_app(
+        dataclasses.replace(settings, read_timeout=1.0, max_calls=16), store, host="127.0.0.1"
+    )
+    running.start()
+    yield running
+    running.stop(grace=0)
+
+
+def test_a_stalled_call_ends_at_the_read_deadline(strict: App) -> None:
+    stalled = StalledStreams(strict.port, 8, partial=True)
+    try:
+        statuses = stalled.statuses(wait=10)
+    finally:
+        stalled.close()
+    code = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+    assert statuses == dict.fromkeys(stalled.streams, code)
+
+
+def test_calls_in_flight_are_bounded(strict: App) -> None:
+    stalled = StalledStreams(strict.port, 24, partial=False)
+    try:
+        statuses = stalled.statuses(wait=0.5)  # before the read deadline frees any
+    finally:
+        stalled.close()
+    exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+    assert list(statuses.values()) == [exhausted] * 8
+    # Once they are gone, the server serves again.
+    with grpc.insecure_channel(f"127.0.0.1:{strict.port}") as channel:
+        stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetContact(pb.GetContactRequest(contact_id=str(uuid.uuid4())), timeout=PATIENCE)
+        assert error.value.code() == grpc.StatusCode.NOT_FOUND
