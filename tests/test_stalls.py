@@ -98,9 +98,9 @@ class SlowBodies:
 
     def __init__(self, port: int, count: int) -> None:
         head = (
-            "POST /contacts HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-            "Content-Length: 400\r\n\r\n"
-        ).encode()
+            b"POST /contacts HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 400\r\n\r\n"
+        )
         self.socks = []
         for _ in range(count):
             sock = socket.create_connection(("127.0.0.1", port), timeout=5)
