@@ -82,7 +82,9 @@ class App:
         self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
         try:
-            offload = Offload(self.store.pooled, self.settings.threads)
+            offload = await Offload.open(
+                self.store, self.settings.threads, self.settings.database_url
+            )
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             server, health_servicer, port = build_server(
                 self.settings, self.store, offload, self.host, buckets, self.reuse_port
@@ -97,7 +99,7 @@ class App:
         probe = asyncio.create_task(self._watch_database(offload))
         await self._finished.wait()
         probe.cancel()
-        offload.close()
+        await offload.close()
         await buckets.close()
 
     async def _shutdown(self, grace: float) -> None:
@@ -117,7 +119,7 @@ class App:
         while True:
             await asyncio.sleep(self.probe_interval)
             try:
-                await offload.lookup(self.store.ping)
+                await offload.ping()
                 reachable = True
             except StoreUnavailable:
                 reachable = False

@@ -1,4 +1,4 @@
-"""Where each database call runs, so that the event loop never waits on a lock or the network.
+"""How the event loop reaches the database: each call where it cannot stall the loop.
 
 The server is one event loop: a call that blocks it stalls every client. So:
 
@@ -8,18 +8,22 @@ The server is one event loop: a call that blocks it stalls every client. So:
 - SQLite pages near the start run on the loop too; a deep page goes to a
   reader thread, since OFFSET walks every index entry before it (84 ms at
   skip=990,000) and sqlite3 releases the GIL while it walks.
-- SQLite writes go to one writer thread: they may wait up to the busy timeout
-  for another process's write lock, and SQLite has one writer anyway.
-- Every PostgreSQL call waits on the network: all go to a pool of threads as
-  large as the connection pool, so no thread ever waits for a connection.
+- PostgreSQL reads are awaited on the loop through asyncpg (queries.PostgresReads).
+- Writes go through peewee on threads: on SQLite one writer thread (SQLite
+  has one writer, and a write may wait out the busy timeout for another
+  process's lock); on PostgreSQL a pool as large as the connection pool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
+
+from server.queries import CompanyRow, ContactRow, PostgresReads
+from server.store import Store
 
 # A SQLite page that walks this many rows holds the loop for about a
 # millisecond: cheaper than a hop to a thread, short enough for the others.
@@ -30,36 +34,59 @@ R = TypeVar("R")
 
 
 class Offload:
-    def __init__(self, pooled: bool, threads: int) -> None:
-        self._inline = not pooled
-        if pooled:
-            shared = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db")
-            self._readers = self._writer = shared
+    def __init__(self, store: Store, threads: int, postgres: PostgresReads | None = None) -> None:
+        self._store = store
+        self._postgres = postgres
+        writers = threads if store.pooled else 1
+        self._writer = ThreadPoolExecutor(max_workers=writers, thread_name_prefix="db-write")
+        self._readers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db-read")
+
+    @classmethod
+    async def open(cls, store: Store, threads: int, url: str) -> Offload:
+        postgres = await PostgresReads.connect(url, threads) if store.pooled else None
+        return cls(store, threads, postgres)
+
+    async def close(self) -> None:
+        self._writer.shutdown(wait=True)
+        self._readers.shutdown(wait=True)
+        if self._postgres is not None:
+            await self._postgres.close()
+
+    async def contact(self, contact_id: uuid.UUID) -> ContactRow | None:
+        if self._postgres is not None:
+            return await self._postgres.contact(contact_id)
+        return self._store.find_contact(contact_id)
+
+    async def company(self, company_id: uuid.UUID) -> CompanyRow | None:
+        if self._postgres is not None:
+            return await self._postgres.company(company_id)
+        return self._store.find_company(company_id)
+
+    async def contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
+        if self._postgres is not None:
+            return await self._postgres.contacts(company_id, skip, limit)
+        return await self._scan(skip + limit, self._store.list_contacts, company_id, skip, limit)
+
+    async def companies(self, owner_id: str | None, skip: int, limit: int) -> list[CompanyRow]:
+        if self._postgres is not None:
+            return await self._postgres.companies(owner_id, skip, limit)
+        return await self._scan(skip + limit, self._store.list_companies, owner_id, skip, limit)
+
+    async def ping(self) -> None:
+        if self._postgres is not None:
+            await self._postgres.ping()
         else:
-            self._readers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db-read")
-            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="db-write")
-
-    async def lookup(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """A read of a few rows by key."""
-        if self._inline:
-            return call(*args, **kwargs)
-        return await self._run(self._readers, call, *args, **kwargs)
-
-    async def scan(self, walked: int, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        """A read of a page, which walks `walked` index entries (OFFSET walks them all)."""
-        if self._inline and walked <= INLINE_SCAN_ROWS:
-            return call(*args, **kwargs)
-        return await self._run(self._readers, call, *args, **kwargs)
+            self._store.ping()
 
     async def write(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
-        return await self._run(self._writer, call, *args, **kwargs)
-
-    async def _run(
-        self, pool: ThreadPoolExecutor, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs
-    ) -> R:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(pool, lambda: call(*args, **kwargs))
+        return await loop.run_in_executor(self._writer, lambda: call(*args, **kwargs))
 
-    def close(self) -> None:
-        self._readers.shutdown(wait=True)
-        self._writer.shutdown(wait=True)
+    async def _scan(
+        self, walked: int, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """A SQLite page, which walks `walked` index entries (OFFSET walks them all)."""
+        if walked <= INLINE_SCAN_ROWS:
+            return call(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: call(*args, **kwargs))

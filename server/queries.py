@@ -17,7 +17,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import asyncpg
 import peewee
+
+from server.errors import StoreUnavailable
 
 
 class ContactRow(NamedTuple):
@@ -56,11 +59,11 @@ class Statements:
     Each selects a row's columns in ContactRow / CompanyRow order, ids as
     the dialect keeps them and timestamps as epoch seconds; `uuid_text`
     finishes the ids (PostgreSQL's `::text` is already canonical).
+    `param(n)` writes the n-th parameter as the driver wants it.
     """
 
-    def __init__(self, db: peewee.Database) -> None:
-        p = db.param
-        if isinstance(db, peewee.PostgresqlDatabase):
+    def __init__(self, postgres: bool, param: Callable[[int], str]) -> None:
+        if postgres:
 
             def key(column: str) -> str:
                 return f"{column}::text"
@@ -78,22 +81,27 @@ class Statements:
                 return f"CAST(strftime('%s', {column}) AS INTEGER)"
 
             self.uuid_text = _hyphenated
+        p1, p2, p3 = param(1), param(2), param(3)
         stamps = f"{seconds('created_at')}, {seconds('updated_at')}"
         contact = (
             f"first_name, last_name, email, phone, designation, is_primary, {stamps} FROM contacts"
         )
         company = f"SELECT {key('id')}, name, owner_id, {stamps} FROM companies"
-        self.contact = f"SELECT {key('id')}, {key('company_id')}, {contact} WHERE id = {p}"
+        self.contact = f"SELECT {key('id')}, {key('company_id')}, {contact} WHERE id = {p1}"
         # The page's company is the one asked for: only the id varies by row.
         self.contacts_page = (
-            f"SELECT {key('id')}, {contact} WHERE company_id = {p}"
-            f" ORDER BY created_at, id LIMIT {p} OFFSET {p}"
+            f"SELECT {key('id')}, {contact} WHERE company_id = {p1}"
+            f" ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
         )
-        self.company = f"{company} WHERE id = {p}"
-        self.companies_page = f"{company} ORDER BY created_at, id LIMIT {p} OFFSET {p}"
+        self.company = f"{company} WHERE id = {p1}"
+        self.companies_page = f"{company} ORDER BY created_at, id LIMIT {p1} OFFSET {p2}"
         self.owned_companies_page = (
-            f"{company} WHERE owner_id = {p} ORDER BY created_at, id LIMIT {p} OFFSET {p}"
+            f"{company} WHERE owner_id = {p1} ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
         )
+
+    @classmethod
+    def for_peewee(cls, db: peewee.Database) -> Statements:
+        return cls(isinstance(db, peewee.PostgresqlDatabase), lambda _: db.param)
 
 
 def key(field: peewee.Field, value: uuid.UUID) -> Any:
@@ -108,7 +116,7 @@ class Reads:
 
     def __init__(self, db: peewee.Database, contact_id: peewee.Field, company_id: peewee.Field):
         self._db = db
-        self._sql = Statements(db)
+        self._sql = Statements.for_peewee(db)
         self._contact_id = contact_id
         self._company_id = company_id
 
@@ -142,3 +150,75 @@ class Reads:
     def _one(self, sql: str, param: Any) -> tuple[Any, ...] | None:
         row: tuple[Any, ...] | None = self._db.execute_sql(sql, (param,)).fetchone()
         return row
+
+
+class PostgresReads:
+    """The same reads on PostgreSQL, from the event loop itself (asyncpg).
+
+    A query there waits on the network; with a blocking driver each read
+    would cost a hop to a thread and back, which cost more CPU than the read.
+    asyncpg keeps each statement prepared per connection. Any failure to
+    reach the database is StoreUnavailable, as in the store.
+    """
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._sql = Statements(postgres=True, param=lambda n: f"${n}")
+
+    @classmethod
+    async def connect(cls, url: str, connections: int) -> PostgresReads:
+        pool = await asyncpg.create_pool(
+            url, min_size=0, max_size=connections, timeout=CONNECT_SECONDS
+        )
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    async def contact(self, contact_id: uuid.UUID) -> ContactRow | None:
+        row = await self._fetchrow(self._sql.contact, _uuid(contact_id))
+        return None if row is None else ContactRow(*row)
+
+    async def contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
+        company = str(company_id)
+        rows = await self._fetch(self._sql.contacts_page, _uuid(company_id), limit, skip)
+        return [ContactRow(row[0], company, *row[1:]) for row in rows]
+
+    async def company(self, company_id: uuid.UUID) -> CompanyRow | None:
+        row = await self._fetchrow(self._sql.company, _uuid(company_id))
+        return None if row is None else CompanyRow(*row)
+
+    async def companies(self, owner_id: str | None, skip: int, limit: int) -> list[CompanyRow]:
+        if owner_id is None:
+            rows = await self._fetch(self._sql.companies_page, limit, skip)
+        else:
+            rows = await self._fetch(self._sql.owned_companies_page, owner_id, limit, skip)
+        return [CompanyRow(*row) for row in rows]
+
+    async def ping(self) -> None:
+        await self._fetchrow("SELECT 1")
+
+    async def _fetchrow(self, sql: str, *params: Any) -> Any:
+        try:
+            return await self._pool.fetchrow(sql, *params, timeout=QUERY_SECONDS)
+        except UNREACHABLE as error:
+            raise StoreUnavailable() from error
+
+    async def _fetch(self, sql: str, *params: Any) -> list[Any]:
+        try:
+            return await self._pool.fetch(sql, *params, timeout=QUERY_SECONDS)
+        except UNREACHABLE as error:
+            raise StoreUnavailable() from error
+
+
+def _uuid(value: uuid.UUID) -> uuid.UUID:
+    if not isinstance(value, uuid.UUID):
+        raise TypeError(f"keys are uuid.UUID, not {type(value).__name__}")
+    return value
+
+
+CONNECT_SECONDS = 3.0
+QUERY_SECONDS = 5.0
+# What "the database cannot be reached" looks like to asyncpg: the server is
+# gone or restarting, the socket broke, or the answer did not come in time.
+UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)

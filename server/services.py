@@ -15,7 +15,7 @@ from google.protobuf import empty_pb2
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
 from server.auth import Caller, authenticated, require_owner, require_superuser
-from server.errors import CompanyForbidden, CompanyNotFound, Conflict
+from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound
 from server.offload import Offload
 from server.queries import CompanyRow, ContactRow
 from server.store import ATTEMPTS, Store
@@ -65,12 +65,10 @@ class Contacts(pb_grpc.ContactsServiceServicer):
     ) -> pb.ListContactsResponse:
         company_id = parse_uuid(request.company_id, "company_id")
         skip, limit = page(request.skip, request.limit)
-        company = await self.db.lookup(self.store.find_company, company_id)
+        company = await self.db.company(company_id)
         require_owner(authenticated(), company)
         response = pb.ListContactsResponse()
-        for row in await self.db.scan(
-            skip + limit, self.store.list_contacts, company_id, skip, limit
-        ):
+        for row in await self.db.contacts(company_id, skip, limit):
             contact_message(row, into=response.contacts.add())
         return response
 
@@ -78,7 +76,7 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         self, request: pb.GetContactRequest, context: grpc.aio.ServicerContext
     ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
-        return contact_message(await self.db.lookup(self.store.get_contact, contact_id))
+        return contact_message(await self._contact(contact_id))
 
     async def CreateContact(
         self, request: pb.CreateContactRequest, context: grpc.aio.ServicerContext
@@ -95,13 +93,10 @@ class Contacts(pb_grpc.ContactsServiceServicer):
             # Updating is public, but moving a contact between companies would
             # hand it to another owner: that takes owning both ends.
             who = authenticated()
-            await self._require_contact_owner(
-                who, await self.db.lookup(self.store.get_contact, contact_id)
-            )
+            await self._require_contact_owner(who, await self._contact(contact_id))
             if not who.is_superuser:
-                require_owner(
-                    who, await self.db.lookup(self.store.find_company, changes["company"])
-                )
+                target = await self.db.company(changes["company"])
+                require_owner(who, target)
         return contact_message(await self.db.write(self.store.update_contact, contact_id, changes))
 
     async def DeleteContact(
@@ -110,7 +105,7 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         contact_id = parse_uuid(request.contact_id, "contact_id")
         who = authenticated()
         for _ in range(ATTEMPTS):
-            contact = await self.db.lookup(self.store.get_contact, contact_id)
+            contact = await self._contact(contact_id)
             await self._require_contact_owner(who, contact)
             # Deleted only if it did not move since the check above.
             company_id = _company_key(contact)
@@ -118,13 +113,19 @@ class Contacts(pb_grpc.ContactsServiceServicer):
                 return empty_pb2.Empty()
         raise Conflict()
 
+    async def _contact(self, contact_id: uuid.UUID) -> ContactRow:
+        found = await self.db.contact(contact_id)
+        if found is None:
+            raise ContactNotFound()
+        return found
+
     async def _require_contact_owner(self, who: Caller, contact: ContactRow) -> None:
         """A contact is its company's owner's; one with no company, superusers' only."""
         company_id = _company_key(contact)
         if company_id is None:
             require_superuser(who)
         else:
-            company = await self.db.lookup(self.store.find_company, company_id)
+            company = await self.db.company(company_id)
             require_owner(who, company)
 
 
@@ -145,7 +146,7 @@ class Companies(pb_grpc.CompaniesServiceServicer):
     ) -> pb.Company:
         company_id = parse_uuid(request.company_id, "company_id")
         who = authenticated()
-        company = await self.db.lookup(self.store.find_company, company_id)
+        company = await self.db.company(company_id)
         if who.is_superuser:
             if company is None:
                 raise CompanyNotFound()
@@ -160,6 +161,6 @@ class Companies(pb_grpc.CompaniesServiceServicer):
         who = authenticated()
         owner = None if who.is_superuser else who.sub
         response = pb.ListCompaniesResponse()
-        for row in await self.db.scan(skip + limit, self.store.list_companies, owner, skip, limit):
+        for row in await self.db.companies(owner, skip, limit):
             company_message(row, into=response.companies.add())
         return response

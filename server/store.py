@@ -90,16 +90,26 @@ R = TypeVar("R")
 ATTEMPTS = 3
 
 
+def _sqlstate(error: peewee.DatabaseError) -> str | None:
+    """PostgreSQL's error code (peewee keeps the driver's error as `orig`)."""
+    return getattr(getattr(error, "orig", None), "pgcode", None)
+
+
+def _names_no_row(error: peewee.IntegrityError) -> bool:
+    """A foreign key violation: the row refers to a company that does not exist."""
+    return _sqlstate(error) == "23503" or "FOREIGN KEY constraint failed" in str(error)
+
+
 def _retryable(error: peewee.DatabaseError) -> bool:
     """A write that lost a race and was rolled back: another attempt will see the winner.
 
-    PostgreSQL: a unique violation on the one-primary index (two promotions
-    that read before either wrote), a deadlock or a serialization failure.
+    A unique violation (on PostgreSQL, two promotions that read before either
+    wrote collide on the one-primary index), a deadlock or a serialization
+    failure. Any other integrity error is a bug, not a race.
     """
-    if isinstance(error, peewee.IntegrityError):
+    if _sqlstate(error) in ("23505", "40P01", "40001"):
         return True
-    cause = error.args[0] if error.args else None
-    return getattr(cause, "pgcode", None) in ("40P01", "40001")
+    return isinstance(error, peewee.IntegrityError) and "UNIQUE constraint failed" in str(error)
 
 
 def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
@@ -112,7 +122,12 @@ def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[St
             try:
                 with store.connection():
                     return method(store, *args, **kwargs)
-            except (peewee.IntegrityError, peewee.OperationalError) as error:
+            except peewee.IntegrityError as error:
+                if not _retryable(error):
+                    raise
+                if attempt == ATTEMPTS:
+                    raise Conflict() from error
+            except peewee.OperationalError as error:
                 if not _retryable(error):
                     raise StoreUnavailable() from error
                 if attempt == ATTEMPTS:
@@ -178,8 +193,8 @@ class Store:
     # Contacts
 
     @_unit
-    def get_contact(self, contact_id: uuid.UUID) -> ContactRow:
-        return self._get_contact(contact_id)
+    def find_contact(self, contact_id: uuid.UUID) -> ContactRow | None:
+        return self._reads.contact(contact_id)
 
     @_unit
     def list_contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
@@ -189,12 +204,21 @@ class Store:
     def create_contact(self, fields: Mapping[str, Any]) -> ContactRow:
         stamp, contact_id = now(), new_id()
         row = {"is_primary": False, **fields, "created_at": stamp, "updated_at": stamp}
-        with self.db.atomic():
-            self._require_company(row.get("company"))
-            if row["is_primary"] and row.get("company"):
-                self._demote_primary(row["company"])
-            Contact.insert(id=contact_id, **row).execute()
-        company, seconds = row.get("company"), epoch_seconds(stamp)
+        company = row.get("company")
+        try:
+            if row["is_primary"] and company:
+                with self.db.atomic():
+                    self._demote_primary(company)
+                    Contact.insert(id=contact_id, **row).execute()
+            else:
+                # One statement, committed on its own: the foreign key is the
+                # check that the company exists, with no round trip of its own.
+                Contact.insert(id=contact_id, **row).execute()
+        except peewee.IntegrityError as error:
+            if _names_no_row(error):
+                raise UnknownCompany() from error
+            raise
+        seconds = epoch_seconds(stamp)
         return ContactRow(
             id=str(contact_id),
             company_id=None if company is None else str(company),
