@@ -37,13 +37,15 @@ $(BUF): package.json
 	npm install --no-audit --no-fund --silent
 	touch $@
 
+PROTOS := protos/contacts/v1/contacts.proto protos/contacts/options/v1/options.proto
 gen: $(STAMP)
-	rm -rf gen && mkdir -p gen/contacts/v1
+	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=gen --grpc_python_out=gen --pyi_out=gen \
 	  --include_imports --descriptor_set_out=gen/contacts.pb \
-	  protos/contacts/v1/contacts.proto
-	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py
+	  $(PROTOS)
+	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py \
+	  gen/contacts/options/__init__.py gen/contacts/options/v1/__init__.py
 
 # gen/ is committed; a stale copy fails the build.
 check-gen: $(STAMP)
