@@ -42,7 +42,7 @@ gen: $(STAMP)
 	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=gen --grpc_python_out=gen --pyi_out=gen \
-	  --include_imports --descriptor_set_out=gen/contacts.pb \
+	  --include_imports --include_source_info --descriptor_set_out=gen/contacts.pb \
 	  $(PROTOS)
 	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py \
 	  gen/contacts/options/__init__.py gen/contacts/options/v1/__init__.py
