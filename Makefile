@@ -46,6 +46,7 @@ gen: $(STAMP)
 	  $(PROTOS)
 	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py \
 	  gen/contacts/options/__init__.py gen/contacts/options/v1/__init__.py
+	$(PY) -m openapi gen/contacts.pb gen/openapi.json
 
 # gen/ is committed; a stale copy fails the build.
 check-gen: $(STAMP)
@@ -55,8 +56,8 @@ check-gen: $(STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check server tests bench
-	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/ruff check server tests bench openapi
+	$(VENV)/bin/ruff format --check server tests bench openapi
 	$(VENV)/bin/mypy
 
 validate-envoy: $(STAMP)
