@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test gen lint check-gen validate-envoy token bench clean
 
-run: $(STAMP)
+# node_modules: buf, and Swagger UI for the /docs page Envoy serves.
+run: $(STAMP) $(BUF)
 	$(PY) -m server run
 
 # Every check and the whole suite, once on SQLite and once on PostgreSQL.
@@ -60,7 +61,7 @@ lint: $(STAMP) $(BUF)
 	$(VENV)/bin/ruff format --check server tests bench openapi
 	$(VENV)/bin/mypy
 
-validate-envoy: $(STAMP)
+validate-envoy: $(STAMP) $(BUF)
 	$(PY) -m server envoy-config --validate
 
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
