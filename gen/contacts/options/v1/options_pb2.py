@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!contacts/options/v1/options.proto\x12\x13\x63ontacts.options.v1\x1a google/protobuf/descriptor.proto\"_\n\x06Policy\x12\'\n\x04\x61uth\x18\x01 \x01(\x0e\x32\x19.contacts.options.v1.Auth\x12,\n\x04rate\x18\x02 \x01(\x0e\x32\x1e.contacts.options.v1.RateClass\"0\n\x0b\x46\x61ilureInfo\x12\x0e\n\x06status\x18\x01 \x01(\r\x12\x11\n\tevery_rpc\x18\x02 \x01(\x08\"a\n\x04Rest\x12)\n\x05reply\x18\x01 \x01(\x0e\x32\x1a.contacts.options.v1.Reply\x12.\n\x08\x66\x61ilures\x18\x02 \x03(\x0e\x32\x1c.contacts.options.v1.Failure*@\n\x04\x41uth\x12\x14\n\x10\x41UTH_UNSPECIFIED\x10\x00\x12\x11\n\rAUTH_REQUIRED\x10\x01\x12\x0f\n\x0b\x41UTH_PUBLIC\x10\x02*V\n\tRateClass\x12\x1a\n\x16RATE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12RATE_CLASS_GENERAL\x10\x01\x12\x15\n\x11RATE_CLASS_CREATE\x10\x02*W\n\x05Reply\x12\x15\n\x11REPLY_UNSPECIFIED\x10\x00\x12\x11\n\rREPLY_CREATED\x10\x01\x12\x14\n\x10REPLY_NO_CONTENT\x10\x02\x12\x0e\n\nREPLY_LIST\x10\x03*\xfa\x02\n\x07\x46\x61ilure\x12\x17\n\x13\x46\x41ILURE_UNSPECIFIED\x10\x00\x12\'\n\x18\x46\x41ILURE_INVALID_ARGUMENT\x10\x01\x1a\t\x8a\xb5\x18\x05\x08\x90\x03\x10\x01\x12&\n\x17\x46\x41ILURE_UNAUTHENTICATED\x10\x02\x1a\t\x8a\xb5\x18\x05\x08\x91\x03\x10\x01\x12&\n\x19\x46\x41ILURE_PERMISSION_DENIED\x10\x03\x1a\x07\x8a\xb5\x18\x03\x08\x93\x03\x12\x1e\n\x11\x46\x41ILURE_NOT_FOUND\x10\x04\x1a\x07\x8a\xb5\x18\x03\x08\x94\x03\x12\x1d\n\x10\x46\x41ILURE_CONFLICT\x10\x05\x1a\x07\x8a\xb5\x18\x03\x08\x99\x03\x12(\n\x1b\x46\x41ILURE_PRECONDITION_FAILED\x10\x06\x1a\x07\x8a\xb5\x18\x03\x08\x9c\x03\x12+\n\x1e\x46\x41ILURE_IDEMPOTENCY_KEY_REUSED\x10\x07\x1a\x07\x8a\xb5\x18\x03\x08\xa6\x03\x12#\n\x14\x46\x41ILURE_RATE_LIMITED\x10\x08\x1a\t\x8a\xb5\x18\x05\x08\xad\x03\x10\x01\x12\"\n\x13\x46\x41ILURE_UNAVAILABLE\x10\t\x1a\t\x8a\xb5\x18\x05\x08\xf7\x03\x10\x01*1\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46ORMAT_UUID\x10\x01:M\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x1b.contacts.options.v1.Policy:I\n\x04rest\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x0b\x32\x19.contacts.options.v1.Rest:L\n\x06\x66ormat\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x1b.contacts.options.v1.Format:V\n\x07\x66\x61ilure\x12!.google.protobuf.EnumValueOptions\x18\xd1\x86\x03 \x01(\x0b\x32 .contacts.options.v1.FailureInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!contacts/options/v1/options.proto\x12\x13\x63ontacts.options.v1\x1a google/protobuf/descriptor.proto\"_\n\x06Policy\x12\'\n\x04\x61uth\x18\x01 \x01(\x0e\x32\x19.contacts.options.v1.Auth\x12,\n\x04rate\x18\x02 \x01(\x0e\x32\x1e.contacts.options.v1.RateClass\"0\n\x0b\x46\x61ilureInfo\x12\x0e\n\x06status\x18\x01 \x01(\r\x12\x11\n\tevery_rpc\x18\x02 \x01(\x08\"a\n\x04Rest\x12)\n\x05reply\x18\x01 \x01(\x0e\x32\x1a.contacts.options.v1.Reply\x12.\n\x08\x66\x61ilures\x18\x02 \x03(\x0e\x32\x1c.contacts.options.v1.Failure*@\n\x04\x41uth\x12\x14\n\x10\x41UTH_UNSPECIFIED\x10\x00\x12\x11\n\rAUTH_REQUIRED\x10\x01\x12\x0f\n\x0b\x41UTH_PUBLIC\x10\x02*V\n\tRateClass\x12\x1a\n\x16RATE_CLASS_UNSPECIFIED\x10\x00\x12\x16\n\x12RATE_CLASS_GENERAL\x10\x01\x12\x15\n\x11RATE_CLASS_CREATE\x10\x02*W\n\x05Reply\x12\x15\n\x11REPLY_UNSPECIFIED\x10\x00\x12\x11\n\rREPLY_CREATED\x10\x01\x12\x14\n\x10REPLY_NO_CONTENT\x10\x02\x12\x0e\n\nREPLY_LIST\x10\x03*\xce\x03\n\x07\x46\x61ilure\x12\x17\n\x13\x46\x41ILURE_UNSPECIFIED\x10\x00\x12\'\n\x18\x46\x41ILURE_INVALID_ARGUMENT\x10\x01\x1a\t\x8a\xb5\x18\x05\x08\x90\x03\x10\x01\x12&\n\x17\x46\x41ILURE_UNAUTHENTICATED\x10\x02\x1a\t\x8a\xb5\x18\x05\x08\x91\x03\x10\x01\x12&\n\x19\x46\x41ILURE_PERMISSION_DENIED\x10\x03\x1a\x07\x8a\xb5\x18\x03\x08\x93\x03\x12\x1e\n\x11\x46\x41ILURE_NOT_FOUND\x10\x04\x1a\x07\x8a\xb5\x18\x03\x08\x94\x03\x12\x1d\n\x10\x46\x41ILURE_CONFLICT\x10\x05\x1a\x07\x8a\xb5\x18\x03\x08\x99\x03\x12(\n\x1b\x46\x41ILURE_PRECONDITION_FAILED\x10\x06\x1a\x07\x8a\xb5\x18\x03\x08\x9c\x03\x12(\n\x19\x46\x41ILURE_PAYLOAD_TOO_LARGE\x10\n\x1a\t\x8a\xb5\x18\x05\x08\x9d\x03\x10\x01\x12+\n\x1e\x46\x41ILURE_IDEMPOTENCY_KEY_REUSED\x10\x07\x1a\x07\x8a\xb5\x18\x03\x08\xa6\x03\x12#\n\x14\x46\x41ILURE_RATE_LIMITED\x10\x08\x1a\t\x8a\xb5\x18\x05\x08\xad\x03\x10\x01\x12(\n\x19\x46\x41ILURE_HEADERS_TOO_LARGE\x10\x0b\x1a\t\x8a\xb5\x18\x05\x08\xaf\x03\x10\x01\x12\"\n\x13\x46\x41ILURE_UNAVAILABLE\x10\t\x1a\t\x8a\xb5\x18\x05\x08\xf7\x03\x10\x01*1\n\x06\x46ormat\x12\x16\n\x12\x46ORMAT_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x46ORMAT_UUID\x10\x01:M\n\x06policy\x12\x1e.google.protobuf.MethodOptions\x18\xd1\x86\x03 \x01(\x0b\x32\x1b.contacts.options.v1.Policy:I\n\x04rest\x12\x1e.google.protobuf.MethodOptions\x18\xd2\x86\x03 \x01(\x0b\x32\x19.contacts.options.v1.Rest:L\n\x06\x66ormat\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\x0e\x32\x1b.contacts.options.v1.Format:V\n\x07\x66\x61ilure\x12!.google.protobuf.EnumValueOptions\x18\xd1\x86\x03 \x01(\x0b\x32 .contacts.options.v1.FailureInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,10 +44,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FAILURE'].values_by_name["FAILURE_CONFLICT"]._serialized_options = b'\212\265\030\003\010\231\003'
   _globals['_FAILURE'].values_by_name["FAILURE_PRECONDITION_FAILED"]._loaded_options = None
   _globals['_FAILURE'].values_by_name["FAILURE_PRECONDITION_FAILED"]._serialized_options = b'\212\265\030\003\010\234\003'
+  _globals['_FAILURE'].values_by_name["FAILURE_PAYLOAD_TOO_LARGE"]._loaded_options = None
+  _globals['_FAILURE'].values_by_name["FAILURE_PAYLOAD_TOO_LARGE"]._serialized_options = b'\212\265\030\005\010\235\003\020\001'
   _globals['_FAILURE'].values_by_name["FAILURE_IDEMPOTENCY_KEY_REUSED"]._loaded_options = None
   _globals['_FAILURE'].values_by_name["FAILURE_IDEMPOTENCY_KEY_REUSED"]._serialized_options = b'\212\265\030\003\010\246\003'
   _globals['_FAILURE'].values_by_name["FAILURE_RATE_LIMITED"]._loaded_options = None
   _globals['_FAILURE'].values_by_name["FAILURE_RATE_LIMITED"]._serialized_options = b'\212\265\030\005\010\255\003\020\001'
+  _globals['_FAILURE'].values_by_name["FAILURE_HEADERS_TOO_LARGE"]._loaded_options = None
+  _globals['_FAILURE'].values_by_name["FAILURE_HEADERS_TOO_LARGE"]._serialized_options = b'\212\265\030\005\010\257\003\020\001'
   _globals['_FAILURE'].values_by_name["FAILURE_UNAVAILABLE"]._loaded_options = None
   _globals['_FAILURE'].values_by_name["FAILURE_UNAVAILABLE"]._serialized_options = b'\212\265\030\005\010\367\003\020\001'
   _globals['_AUTH']._serialized_start=338
@@ -57,9 +61,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLY']._serialized_start=492
   _globals['_REPLY']._serialized_end=579
   _globals['_FAILURE']._serialized_start=582
-  _globals['_FAILURE']._serialized_end=960
-  _globals['_FORMAT']._serialized_start=962
-  _globals['_FORMAT']._serialized_end=1011
+  _globals['_FAILURE']._serialized_end=1044
+  _globals['_FORMAT']._serialized_start=1046
+  _globals['_FORMAT']._serialized_end=1095
   _globals['_POLICY']._serialized_start=92
   _globals['_POLICY']._serialized_end=187
   _globals['_FAILUREINFO']._serialized_start=189

@@ -36,8 +36,10 @@ class Failure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FAILURE_NOT_FOUND: _ClassVar[Failure]
     FAILURE_CONFLICT: _ClassVar[Failure]
     FAILURE_PRECONDITION_FAILED: _ClassVar[Failure]
+    FAILURE_PAYLOAD_TOO_LARGE: _ClassVar[Failure]
     FAILURE_IDEMPOTENCY_KEY_REUSED: _ClassVar[Failure]
     FAILURE_RATE_LIMITED: _ClassVar[Failure]
+    FAILURE_HEADERS_TOO_LARGE: _ClassVar[Failure]
     FAILURE_UNAVAILABLE: _ClassVar[Failure]
 
 class Format(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -61,8 +63,10 @@ FAILURE_PERMISSION_DENIED: Failure
 FAILURE_NOT_FOUND: Failure
 FAILURE_CONFLICT: Failure
 FAILURE_PRECONDITION_FAILED: Failure
+FAILURE_PAYLOAD_TOO_LARGE: Failure
 FAILURE_IDEMPOTENCY_KEY_REUSED: Failure
 FAILURE_RATE_LIMITED: Failure
+FAILURE_HEADERS_TOO_LARGE: Failure
 FAILURE_UNAVAILABLE: Failure
 FORMAT_UNSPECIFIED: Format
 FORMAT_UUID: Format
