@@ -148,6 +148,10 @@ class Failures:
             for value in failure.values
             if value.number != options_pb2.FAILURE_UNSPECIFIED
         }
+        for number, (info, _) in self._values.items():
+            if not 400 <= info.status < 600:
+                name = failure.values_by_number[number].name
+                raise ValueError(f"{name} needs its (failure).status, an HTTP error status")
 
     def responses(self, rest: options_pb2.Rest) -> dict[str, Schema]:
         listed = set(rest.failures)
