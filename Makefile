@@ -7,7 +7,8 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test gen lint check-gen validate-envoy token bench clean
 
-run: $(STAMP)
+# node_modules: buf, and Swagger UI for the /docs page Envoy serves.
+run: $(STAMP) $(BUF)
 	$(PY) -m server run
 
 # Every check and the whole suite, once on SQLite and once on PostgreSQL.
@@ -37,13 +38,16 @@ $(BUF): package.json
 	npm install --no-audit --no-fund --silent
 	touch $@
 
+PROTOS := protos/contacts/v1/contacts.proto protos/contacts/options/v1/options.proto
 gen: $(STAMP)
-	rm -rf gen && mkdir -p gen/contacts/v1
+	rm -rf gen && mkdir -p gen
 	$(PY) -m grpc_tools.protoc -Iprotos \
 	  --python_out=gen --grpc_python_out=gen --pyi_out=gen \
-	  --include_imports --descriptor_set_out=gen/contacts.pb \
-	  protos/contacts/v1/contacts.proto
-	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py
+	  --include_imports --include_source_info --descriptor_set_out=gen/contacts.pb \
+	  $(PROTOS)
+	touch gen/contacts/__init__.py gen/contacts/v1/__init__.py \
+	  gen/contacts/options/__init__.py gen/contacts/options/v1/__init__.py
+	$(PY) -m openapi gen/contacts.pb gen/openapi.json
 
 # gen/ is committed; a stale copy fails the build.
 check-gen: $(STAMP)
@@ -53,11 +57,11 @@ check-gen: $(STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check server tests bench
-	$(VENV)/bin/ruff format --check server tests bench
+	$(VENV)/bin/ruff check server tests bench openapi
+	$(VENV)/bin/ruff format --check server tests bench openapi
 	$(VENV)/bin/mypy
 
-validate-envoy: $(STAMP)
+validate-envoy: $(STAMP) $(BUF)
 	$(PY) -m server envoy-config --validate
 
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)

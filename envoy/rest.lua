@@ -25,14 +25,16 @@ function envoy_on_request(handle)
     return
   end
   -- gRPC control headers (grpc-timeout, grpc-encoding, ...) are not part of
-  -- the REST API; passed on, they would make the upstream call fail.
-  local grpc_headers = {}
+  -- the REST API; passed on, they would make the upstream call fail. So would
+  -- a header whose name gRPC metadata cannot carry (only 0-9 a-z _ - .): the
+  -- server would refuse the whole call with a 500.
+  local dropped = {}
   for name, _ in pairs(headers) do
-    if name:sub(1, 5) == "grpc-" then
-      grpc_headers[#grpc_headers + 1] = name
+    if name:sub(1, 5) == "grpc-" or (name:sub(1, 1) ~= ":" and name:find("[^0-9a-z_.-]")) then
+      dropped[#dropped + 1] = name
     end
   end
-  for _, name in ipairs(grpc_headers) do
+  for _, name in ipairs(dropped) do
     headers:remove(name)
   end
   local path = headers:get(":path") or ""

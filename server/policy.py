@@ -1,7 +1,7 @@
 """Who may call each RPC and which rate limit it draws from, read from contacts.proto.
 
-The `(contacts.v1.policy)` method option is the only place this is written
-down; an RPC of ours that lacks it fails closed (auth required).
+The `(contacts.options.v1.policy)` method option is the only place this is
+written down; an RPC of ours that lacks it fails closed (auth required).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from google.protobuf.descriptor import FileDescriptor
 
+from contacts.options.v1 import options_pb2
 from contacts.v1 import contacts_pb2
 
 # Infrastructure every client needs without a token: grpcurl's reflection and
@@ -45,9 +46,9 @@ REQUIRED_GENERAL = Rule(Access.REQUIRED, RateClass.GENERAL)
 INFRASTRUCTURE_RULE = Rule(Access.PUBLIC, None)
 
 
-def rule_of(options: contacts_pb2.Policy) -> Rule:
-    access = Access.PUBLIC if options.auth == contacts_pb2.AUTH_PUBLIC else Access.REQUIRED
-    rate = RateClass.CREATE if options.rate == contacts_pb2.RATE_CLASS_CREATE else RateClass.GENERAL
+def rule_of(options: options_pb2.Policy) -> Rule:
+    access = Access.PUBLIC if options.auth == options_pb2.AUTH_PUBLIC else Access.REQUIRED
+    rate = RateClass.CREATE if options.rate == options_pb2.RATE_CLASS_CREATE else RateClass.GENERAL
     return Rule(access, rate)
 
 
@@ -59,7 +60,7 @@ class Policies:
         for file in files:
             for service in file.services_by_name.values():
                 for method in service.methods:
-                    options = method.GetOptions().Extensions[contacts_pb2.policy]
+                    options = method.GetOptions().Extensions[options_pb2.policy]
                     self._rules[f"/{service.full_name}/{method.name}"] = rule_of(options)
 
     def __getitem__(self, method_path: str) -> Rule:

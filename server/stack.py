@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 ENVOY_DIR = PROJECT_ROOT / "envoy"
 DESCRIPTOR = PROJECT_ROOT / "gen" / "contacts.pb"
+OPENAPI = PROJECT_ROOT / "gen" / "openapi.json"
+SWAGGER_UI = PROJECT_ROOT / "node_modules" / "swagger-ui-dist"  # package.json
 
 
 def envoy_binary() -> str:
@@ -41,6 +43,9 @@ def render_envoy_config(
         http_address=http_address,
         lua_path=ENVOY_DIR / "rest.lua",
         descriptor_path=DESCRIPTOR,
+        openapi_path=OPENAPI,
+        docs_path=ENVOY_DIR,
+        swagger_ui_path=SWAGGER_UI,
     )
 
 

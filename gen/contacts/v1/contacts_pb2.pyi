@@ -1,45 +1,17 @@
 import datetime
 
+from contacts.options.v1 import options_pb2 as _options_pb2
 from google.api import annotations_pb2 as _annotations_pb2
-from google.protobuf import descriptor_pb2 as _descriptor_pb2
+from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
-from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
-
-class Auth(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    AUTH_UNSPECIFIED: _ClassVar[Auth]
-    AUTH_REQUIRED: _ClassVar[Auth]
-    AUTH_PUBLIC: _ClassVar[Auth]
-
-class RateClass(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
-    __slots__ = ()
-    RATE_CLASS_UNSPECIFIED: _ClassVar[RateClass]
-    RATE_CLASS_GENERAL: _ClassVar[RateClass]
-    RATE_CLASS_CREATE: _ClassVar[RateClass]
-AUTH_UNSPECIFIED: Auth
-AUTH_REQUIRED: Auth
-AUTH_PUBLIC: Auth
-RATE_CLASS_UNSPECIFIED: RateClass
-RATE_CLASS_GENERAL: RateClass
-RATE_CLASS_CREATE: RateClass
-POLICY_FIELD_NUMBER: _ClassVar[int]
-policy: _descriptor.FieldDescriptor
-
-class Policy(_message.Message):
-    __slots__ = ("auth", "rate")
-    AUTH_FIELD_NUMBER: _ClassVar[int]
-    RATE_FIELD_NUMBER: _ClassVar[int]
-    auth: Auth
-    rate: RateClass
-    def __init__(self, auth: _Optional[_Union[Auth, str]] = ..., rate: _Optional[_Union[RateClass, str]] = ...) -> None: ...
 
 class Contact(_message.Message):
     __slots__ = ("id", "company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary", "created_at", "updated_at")

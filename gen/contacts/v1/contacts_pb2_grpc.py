@@ -68,7 +68,9 @@ class ContactsServiceServicer:
     """
 
     def ListContacts(self, request, context):
-        """Lists a company's contacts, oldest first. REST sees a bare JSON array.
+        """Lists a company's contacts, oldest first.
+
+        Only the company's owner (or a superuser) may list them.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -82,7 +84,10 @@ class ContactsServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateContact(self, request, context):
-        """Creates a contact. REST answers 201 Created.
+        """Creates a contact.
+
+        A contact created as primary demotes its company's current primary
+        contact.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -90,13 +95,20 @@ class ContactsServiceServicer:
 
     def UpdateContact(self, request, context):
         """Changes the fields that are set in the request, and only those.
+
+        Anyone may change a contact, except its company: moving a contact to
+        another company takes a token owning both companies (a superuser's, for
+        a contact with no company).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteContact(self, request, context):
-        """Deletes a contact for good. REST answers 204 No Content.
+        """Deletes a contact for good.
+
+        Only the owner of the contact's company (or a superuser) may delete it; a
+        contact with no company, only a superuser.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -310,7 +322,7 @@ class CompaniesServiceServicer:
     """
 
     def CreateCompany(self, request, context):
-        """Creates a company owned by the caller. REST answers 201 Created.
+        """Creates a company owned by the caller.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -318,13 +330,16 @@ class CompaniesServiceServicer:
 
     def GetCompany(self, request, context):
         """Fetches a company its caller owns (any, for a superuser).
+
+        A company that does not exist is refused like another owner's (403), so
+        that ids cannot be probed; a superuser gets 404.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListCompanies(self, request, context):
-        """Lists the caller's companies (all, for a superuser). REST sees a bare JSON array.
+        """Lists the caller's companies (all, for a superuser), oldest first.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
