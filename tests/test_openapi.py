@@ -26,7 +26,8 @@ from server.settings import Settings
 from server.stack import OPENAPI
 from server.store import Store
 from tests.browser import Browser, Refuser, chromium_binary
-from tests.conftest import Envoy, Rest, body, wait_for
+from tests.conftest import Rest, body
+from tests.harness import Envoy, wait_for
 
 DOCUMENT = json.loads(OPENAPI.read_text())
 # (METHOD, path, summary) of every operation, as the docs page should list them.
