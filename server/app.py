@@ -8,6 +8,7 @@ import logging
 import threading
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
@@ -38,7 +39,10 @@ SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.v
 
 
 class App:
-    """The gRPC server on an event loop in a thread of its own.
+    """The gRPC server on an event loop (uvloop's) in a thread of its own.
+
+    uvloop, measured side by side with asyncio's loop under the same load:
+    about 15 % less server CPU per GetContact (416-446 µs against 497-516).
 
     `start()` returns once the server listens (App.port is then the bound
     port) and `stop()` once it has finished; callers need not be async.
@@ -67,7 +71,7 @@ class App:
     def start(self) -> None:
         ready: concurrent.futures.Future[int] = concurrent.futures.Future()
         self._thread = threading.Thread(
-            target=lambda: asyncio.run(self._serve(ready)), name="grpc-loop", daemon=True
+            target=lambda: uvloop.run(self._serve(ready)), name="grpc-loop", daemon=True
         )
         self._thread.start()
         self.port = ready.result()
