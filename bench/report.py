@@ -131,8 +131,19 @@ def target_lines(results: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def info_lines(quiet: list[Row], memory_mib: dict[str, float]) -> str:
+def info_lines(
+    quiet: list[Row], memory_mib: dict[str, float], ceiling: list[Row], rows: list[Row]
+) -> str:
     lines = []
+    base = find(rows, "baseline", 1, "GetContact", GRPC)
+    ours = find(rows, "sqlite", 1, "GetContact", GRPC)
+    if ceiling and base and ours:
+        aio = ceiling[0]["rps"]
+        lines.append(
+            f"  (info) a bare grpc.aio server on uvloop, GetContact gRPC: {aio:,.0f} req/s, "
+            f"{aio / base['rps']:.2f} of the sync baseline: the most an aio server does here; "
+            f"sqlite x1 GetContact gRPC is {ours['rps'] / aio:.2f} of it"
+        )
     direct = next((r for r in quiet if r["door"] == GRPC), None)
     via = next((r for r in quiet if r["door"] == GRPC_ENVOY), None)
     if direct and via:

@@ -55,6 +55,7 @@ class Run:
     memory_mib: dict[str, float] = field(default_factory=dict)  # after each stack's rows
     row_cost_us: dict[str, float] = field(default_factory=dict)
     quiet: list[Row] = field(default_factory=list)  # the baseline at 1 request in flight
+    ceiling: list[Row] = field(default_factory=list)  # the bare grpc.aio server (--aio)
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,8 @@ def measure_baseline(run: Run) -> None:
         quiet = Load(1, 1, 1, run.load.duration, run.load.warmup)
         run.quiet += [measure(run, stack, call, door, quiet) for door in (GRPC, GRPC_ENVOY)]
         run.memory_mib["baseline"] = stack.server.rss() / 2**20
+    with started(run, "baseline-aio", {}, command=(*BASELINE, "--aio")) as stack:
+        run.ceiling.append(measure(run, stack, get_contact(str(uuid.uuid4()), echoed=False), GRPC))
 
 
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
@@ -238,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"!! {backend}: SKIPPED (not reachable at {args.postgres})")
     print()
     print(report.target_lines(targets))
-    print(report.info_lines(run.quiet, run.memory_mib))
+    print(report.info_lines(run.quiet, run.memory_mib, run.ceiling, run.rows))
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
