@@ -219,6 +219,14 @@ def _uuid(value: uuid.UUID) -> uuid.UUID:
 
 CONNECT_SECONDS = 3.0
 QUERY_SECONDS = 5.0
-# What "the database cannot be reached" looks like to asyncpg: the server is
-# gone or restarting, the socket broke, or the answer did not come in time.
-UNREACHABLE = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
+# What "the database cannot be reached" looks like to asyncpg: the socket broke
+# or the answer did not come in time; the server is shutting down or starting
+# up (operator intervention: 57P01, 57P03); or it has no connection to spare.
+UNREACHABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
