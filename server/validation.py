@@ -67,18 +67,29 @@ def contact_fields(request: Any, partial: bool) -> dict[str, Any]:
     """The store's columns from a Create (partial=False) or Update request.
 
     Optional fields that the request does not set are left out, so that an
-    update changes only what the client sent.
+    update changes only what the client sent. Every bad field is named (one
+    InvalidField with a violation each).
     """
     fields: dict[str, Any] = {}
+    bad: list[InvalidField] = []
+
+    def check(column: str, parse: Any, *args: Any) -> None:
+        try:
+            fields[column] = parse(*args)
+        except InvalidField as error:
+            bad.append(error)
+
     for name in ("first_name", "email"):
         if not partial or request.HasField(name):
-            fields[name] = text(getattr(request, name), name)
+            check(name, text, getattr(request, name), name)
     for name in ("last_name", "phone", "designation"):
         if request.HasField(name):
-            fields[name] = text(getattr(request, name), name)
+            check(name, text, getattr(request, name), name)
     if request.HasField("company_id"):
         # Sent but empty is a malformed id, not a missing one: the field is optional.
-        fields["company"] = parse_uuid(request.company_id, "company_id", required=False)
+        check("company", parse_uuid, request.company_id, "company_id", False)
     if not partial or request.HasField("is_primary"):
         fields["is_primary"] = request.is_primary
+    if bad:
+        raise InvalidField.of(bad)
     return fields
