@@ -19,8 +19,9 @@ from server.auth import Caller, authenticated, require_owner, require_superuser
 from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound, EtagMismatch
 from server.offload import Offload
 from server.queries import CompanyRow, ContactRow
+from server.rest import FIELDS_HEADER
 from server.store import ATTEMPTS, Store
-from server.validation import contact_fields, page, parse_uuid, text
+from server.validation import contact_fields, page, parse_uuid, text, update_changes
 
 
 def contact_message(row: ContactRow, into: pb.Contact | None = None) -> pb.Contact:
@@ -54,6 +55,12 @@ def if_match(context: grpc.aio.ServicerContext) -> frozenset[int] | None:
     """The contact versions the call's If-Match accepts (None: any)."""
     sent = [str(v) for k, v in context.invocation_metadata() or () if k == etags.IF_MATCH]
     return etags.expected_versions(sent)
+
+
+def sent_fields(context: grpc.aio.ServicerContext) -> list[str] | None:
+    """The top-level members a REST body sent, nulls included (envoy/rest.lua)."""
+    sent = [str(v) for k, v in context.invocation_metadata() or () if k == FIELDS_HEADER]
+    return sent[0].split(",") if len(sent) == 1 and sent[0] else None
 
 
 def company_message(row: CompanyRow, into: pb.Company | None = None) -> pb.Company:
@@ -101,13 +108,14 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         self, request: pb.UpdateContactRequest, context: grpc.aio.ServicerContext
     ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
-        changes = contact_fields(request, partial=True)
+        mask = list(request.update_mask.paths) if request.HasField("update_mask") else None
+        changes = update_changes(request, mask, sent_fields(context))
         if "company" in changes:
             # Updating is public, but moving a contact between companies would
             # hand it to another owner: that takes owning both ends.
             who = authenticated()
             await self._require_contact_owner(who, await self._contact(contact_id))
-            if not who.is_superuser:
+            if not who.is_superuser and changes["company"] is not None:
                 target = await self.db.company(changes["company"])
                 require_owner(who, target)
         versions = if_match(context)

@@ -63,6 +63,47 @@ def page(skip: int, limit: int) -> tuple[int, int]:
     return skip, limit or DEFAULT_PAGE
 
 
+# Fields of an update that can be cleared, and the store column of each.
+CLEARABLE = {
+    "last_name": "last_name",
+    "phone": "phone",
+    "designation": "designation",
+    "company_id": "company",
+}
+UPDATABLE = ("company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary")
+
+
+def update_changes(request: Any, mask: list[str] | None, sent: list[str] | None) -> dict[str, Any]:
+    """The columns an UpdateContact request changes (None: cleared).
+
+    `mask` is the request's update_mask (AIP-134): only its fields change, and
+    one of them left unset is cleared. Without one, the set fields change, and
+    `sent` (the members a REST body sent, nulls included) names those sent as
+    null, which are cleared.
+    """
+    changes = contact_fields(request, partial=True)
+    if mask is not None:
+        unknown = [path for path in mask if path not in UPDATABLE]
+        if unknown:
+            raise InvalidField("update_mask", f"names no updatable field: {', '.join(unknown)}")
+        kept = {CLEARABLE.get(path, path) for path in mask}
+        changes = {column: value for column, value in changes.items() if column in kept}
+        unset = [path for path in mask if not request.HasField(path)]
+    else:
+        unset = [name for name in sent or () if name in UPDATABLE and not request.HasField(name)]
+    bad = []
+    for name in dict.fromkeys(unset):
+        if name in CLEARABLE:
+            changes[CLEARABLE[name]] = None
+        elif name == "is_primary" and mask is not None:
+            changes["is_primary"] = False
+        else:
+            bad.append(InvalidField(name, "must not be null"))
+    if bad:
+        raise InvalidField.of(bad)
+    return changes
+
+
 def contact_fields(request: Any, partial: bool) -> dict[str, Any]:
     """The store's columns from a Create (partial=False) or Update request.
 
