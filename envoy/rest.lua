@@ -1,15 +1,27 @@
 -- Gives REST clients the seed's replies where the gRPC-JSON transcoder alone
--- cannot (see ../shared/ENVOY-NOTES.md):
---   * a successful POST answers 201, a successful DELETE 204 with no body;
---   * a reply message made of one repeated field (ListContactsResponse,
---     ListCompaniesResponse) reaches the client as the bare JSON array;
---   * a gRPC error becomes {"detail": "<grpc-message>"}.
+-- cannot (see ../shared/ENVOY-NOTES.md). What each reply needs is decided by
+-- the RPC that answered, as the proto declares it: the server reads the RPC's
+-- (contacts.options.v1.rest) option and says so in response metadata, so
+-- this filter holds no table of RPCs and never guesses from a body's shape:
+--   * x-contacts-reply: created -> 201; no-content -> 204 with no body;
+--     list -> the reply's one repeated field as the bare JSON array;
+--   * a gRPC error becomes {"detail": "<grpc-message>"}, with the HTTP status
+--     in x-contacts-status when the transcoder's mapping of the gRPC code is
+--     not the one the proto gives (412, 422); google.rpc details
+--     (grpc-status-details-bin) are for gRPC clients only.
+-- On the way in, it tells the server the REST path and which top-level JSON
+-- fields the body sent: the transcoder drops null members, and a PATCH with
+-- {"phone": null} must clear the phone.
 -- Native gRPC requests (content-type application/grpc...) pass untouched.
 
 local REST = "contacts.rest"
 -- The path a REST request was sent to, for the server to bind path variables
 -- from (a body or query field of the same name must not override them).
 local PATH_HEADER = "x-contacts-rest-path"
+-- The top-level member names of a JSON body, comma-separated (server/rest.py).
+local FIELDS_HEADER = "x-contacts-fields"
+local REPLY_HEADER = "x-contacts-reply"
+local STATUS_HEADER = "x-contacts-status"
 
 -- The transcoder's own rule for what is native gRPC.
 local function is_grpc(content_type)
@@ -18,10 +30,58 @@ local function is_grpc(content_type)
     or content_type:sub(1, 17) == "application/grpc;"
 end
 
+-- The names of a JSON object's top-level members (those a field can have), or
+-- nil when the text is not a JSON object. Strings are skipped whole, so a
+-- brace or comma inside one counts for nothing; the transcoder judges the rest.
+local function member_names(text)
+  local start = text:find("%S")
+  if start == nil or text:sub(start, start) ~= "{" then
+    return nil
+  end
+  local names, depth, expect_name, pos = {}, 0, false, start
+  while true do
+    pos = text:find('[\"{}%[%],]', pos)
+    if pos == nil then
+      return names
+    end
+    local c = text:sub(pos, pos)
+    if c == '"' then
+      local close = pos + 1
+      while true do
+        close = text:find('[\"]', close)
+        if close == nil then
+          return nil
+        end
+        if text:sub(close, close) == '"' then
+          break
+        end
+        close = close + 2 -- an escaped character
+      end
+      local name = text:sub(pos + 1, close - 1)
+      if depth == 1 and expect_name and name:find("^[%w_]+$") then
+        names[#names + 1] = name
+      end
+      expect_name = false
+      pos = close + 1
+    else
+      if c == "{" or c == "[" then
+        depth = depth + 1
+        expect_name = c == "{" and depth == 1
+      elseif c == "}" or c == "]" then
+        depth = depth - 1
+      elseif depth == 1 then
+        expect_name = true -- a comma between members
+      end
+      pos = pos + 1
+    end
+  end
+end
+
 function envoy_on_request(handle)
   local headers = handle:headers()
   if is_grpc(headers:get("content-type") or "") then
     headers:remove(PATH_HEADER)
+    headers:remove(FIELDS_HEADER)
     return
   end
   -- gRPC control headers (grpc-timeout, grpc-encoding, ...) are not part of
@@ -39,7 +99,17 @@ function envoy_on_request(handle)
   end
   local path = headers:get(":path") or ""
   headers:replace(PATH_HEADER, (path:gsub("%?.*$", "")))
-  handle:streamInfo():dynamicMetadata():set(REST, "method", headers:get(":method"))
+  headers:remove(FIELDS_HEADER)
+  local method = headers:get(":method")
+  handle:streamInfo():dynamicMetadata():set(REST, "rest", true)
+  if method ~= "GET" and method ~= "HEAD" and method ~= "DELETE" then
+    local body = handle:body()
+    local names = body and member_names(body:getBytes(0, body:length()))
+    if names ~= nil then
+      -- body() invalidates the header handle taken before it.
+      handle:headers():replace(FIELDS_HEADER, table.concat(names, ","))
+    end
+  end
 end
 
 -- grpc-message is percent-encoded UTF-8 (gRPC over HTTP/2 spec).
@@ -70,22 +140,36 @@ function envoy_on_response(handle)
   local headers = handle:headers()
   local grpc_status = headers:get("grpc-status")
   local grpc_message = headers:get("grpc-message")
-  -- gRPC framing details mean nothing to a REST client.
-  headers:remove("grpc-status")
-  headers:remove("grpc-message")
-  headers:remove("grpc-accept-encoding")
+  local reply = headers:get(REPLY_HEADER)
+  local http_status = headers:get(STATUS_HEADER)
+  -- gRPC framing details, and what the server said for this filter alone,
+  -- mean nothing to a REST client.
+  for _, name in ipairs({
+    "grpc-status",
+    "grpc-message",
+    "grpc-accept-encoding",
+    "grpc-status-details-bin",
+    REPLY_HEADER,
+    STATUS_HEADER,
+  }) do
+    headers:remove(name)
+  end
 
   if grpc_status ~= nil and grpc_status ~= "0" then
     local message = percent_decode(grpc_message or "")
+    if http_status ~= nil then
+      headers:replace(":status", http_status)
+    end
     headers:replace("content-type", "application/json")
     replace_body(handle, '{"detail":' .. json_string(message) .. "}")
     return
   end
 
   local status = headers:get(":status")
-  if status == "400" then
-    -- The transcoder's message for a body that is not a JSON object names no
-    -- field (": Root element must be a message."): it is about the body.
+  if status == "400" and grpc_status == nil then
+    -- Envoy's own reply (the transcoder refused the body; no RPC answered).
+    -- Its message names the field path before ": "; an empty path
+    -- (": Root element must be a message.") means the body as a whole.
     local body = handle:body()
     local bytes = body and body:getBytes(0, body:length()) or ""
     if bytes:sub(1, 13) == '{"detail":": ' then
@@ -96,16 +180,16 @@ function envoy_on_response(handle)
   if status ~= "200" then
     return
   end
-  local method = rest["method"]
-  if method == "POST" then
+  if reply == "created" then
     headers:replace(":status", "201")
-  elseif method == "DELETE" then
+  elseif reply == "no-content" then
     headers:replace(":status", "204")
     headers:remove("content-type")
     handle:body(true):setBytes("")
     -- body() invalidates the header handle taken before it.
     handle:headers():remove("content-length")
-  elseif method == "GET" then
+  elseif reply == "list" then
+    -- The RPC's reply is one repeated field (the proto's REPLY_LIST says so).
     local body = handle:body()
     if body ~= nil then
       local array = body:getBytes(0, body:length()):match('^{"[%w_]+":(%[.*%])}$')

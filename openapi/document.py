@@ -44,6 +44,12 @@ HEADERS: dict[str, Schema] = {
         "required": True,
         "schema": {"type": "integer", "minimum": 1},
     },
+    "ETag": {
+        "description": "The contact's strong ETag; it changes whenever the contact does."
+        " Send it back in If-Match to change or delete only what you read.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
     "WWW-Authenticate": {
         "description": "The scheme to authenticate with: Bearer.",
         "required": True,
@@ -218,12 +224,43 @@ def _operation(
             for field in request.fields
             if field.name not in in_path and field.name != rule.body
         ]
+    parameters += _header_parameters(rest)
     if parameters:
         operation["parameters"] = parameters
     operation["responses"] = {**_success(schemas, method, rest), **failures.responses(rest)}
     # Public routes take a token too (and refuse a bad one): security is optional there.
     operation["security"] = [{}, {BEARER: []}] if public else [{BEARER: []}]
     return operation
+
+
+def _header_parameters(rest: options_pb2.Rest) -> list[Schema]:
+    """The request headers the route's `(rest)` option says it takes."""
+    found = []
+    if rest.idempotency_key:
+        found.append(
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Makes the request safe to retry: for 24 hours, the same key"
+                " from the same client with the same body answers the first response again"
+                " (and creates nothing more); with another body, 422; while the first is"
+                " still running, 409.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+            }
+        )
+    if rest.if_match:
+        found.append(
+            {
+                "name": "If-Match",
+                "in": "header",
+                "required": False,
+                "description": "ETags the contact must still have (or *); otherwise 412 and"
+                " nothing changes.",
+                "schema": {"type": "string"},
+            }
+        )
+    return found
 
 
 def _parameter(schemas: Schemas, field: FieldDescriptor, where: str) -> Schema:
@@ -252,7 +289,7 @@ def _body(schemas: Schemas, request: Descriptor, in_path: tuple[str, ...]) -> Sc
 def _success(
     schemas: Schemas, method: MethodDescriptor, rest: options_pb2.Rest
 ) -> dict[str, Schema]:
-    headers = _headers([*RATE_LIMIT_HEADERS])
+    headers = _headers([*(["ETag"] if rest.etag else []), *RATE_LIMIT_HEADERS])
     if rest.reply == options_pb2.REPLY_NO_CONTENT:
         return {"204": {"description": HTTPStatus.NO_CONTENT.phrase, "headers": headers}}
     response = method.output_type

@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from server.auth import Tokens
 from server.errors import StoreUnavailable
+from server.idempotency import IdempotencyInterceptor, Keys
 from server.interceptors import (
     AuthInterceptor,
     ErrorInterceptor,
@@ -160,12 +161,15 @@ def build_server(
         RateClass.CREATE: settings.rate_limit_create,
         RateClass.GENERAL: settings.rate_limit_default,
     }
+    limiter = RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens)
     server = grpc.aio.server(
         interceptors=[
             ErrorInterceptor(settings.read_timeout),
             RestPathInterceptor(PathBindings()),
-            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens),
+            limiter,
             AuthInterceptor(tokens, policies),
+            # Keys belong to the client the limiter counts (token sub, else address).
+            IdempotencyInterceptor(Keys(store), offload, limiter.client),
         ],
         # Calls waiting for their message cost a coroutine, not a thread;
         # this bounds how many there can be (past it: RESOURCE_EXHAUSTED).

@@ -12,12 +12,21 @@ import grpc
 from grpc_interceptor import AsyncServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
+from server import deadlines, reply
 from server.auth import Identity, Tokens, identify
-from server.errors import InvalidField, InvalidToken, NotAuthenticated, RateLimited
+from server.errors import (
+    InternalError,
+    InvalidField,
+    InvalidToken,
+    NotAuthenticated,
+    RateLimited,
+    RequestNotReceived,
+)
 from server.limits import Buckets
 from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
-from server.rest import PATH_HEADER, PathBindings
+from server.rest import PATH_HEADER, STATUS_HEADER, PathBindings, Replies, http_status
 from server.settings import Networks
+from server.status import status_of
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +66,13 @@ class _CallDetails(NamedTuple):
 class ErrorInterceptor(AsyncServerInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
-    Headers go out as trailing metadata of a trailers-only reply, which Envoy
-    passes to REST clients as HTTP headers. A request that cannot be decoded
+    An error's status carries google.rpc details (server/status.py). The
+    call's reply metadata (server/reply.py) goes out once: as initial metadata
+    with a reply, or as trailing metadata of a trailers-only error reply;
+    Envoy passes either to REST clients as HTTP headers. A REST call also
+    learns its reply kind, or its error's HTTP status, from the proto
+    (server/rest.py). It records the call's deadline for the store
+    (server/deadlines.py). A request that cannot be decoded
     (a REST id with bytes that are not UTF-8, say) is INVALID_ARGUMENT here;
     grpcio alone would answer INTERNAL before any interceptor ran.
 
@@ -68,8 +82,9 @@ class ErrorInterceptor(AsyncServerInterceptor):
     as a client-streaming one whose single message is read with a deadline.
     """
 
-    def __init__(self, read_timeout: float) -> None:
+    def __init__(self, read_timeout: float, replies: Replies | None = None) -> None:
         self._read_timeout = read_timeout
+        self._replies = Replies() if replies is None else replies
         self._chains: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
@@ -94,10 +109,7 @@ class ErrorInterceptor(AsyncServerInterceptor):
                 async with asyncio.timeout(self._read_timeout):
                     request = await context.read()
             except TimeoutError:
-                await context.abort(
-                    grpc.StatusCode.DEADLINE_EXCEEDED,
-                    f"The request was not received within {self._read_timeout:g} s",
-                )
+                await self._abort(RequestNotReceived(self._read_timeout), context)
             if request is grpc.aio.EOF:
                 request = UNDECODABLE
             return await self.intercept(behaviour, request, context, method_name)
@@ -117,24 +129,39 @@ class ErrorInterceptor(AsyncServerInterceptor):
     async def intercept(
         self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
+        reply.begin()
+        deadlines.begin(context.time_remaining())
         try:
             if request is UNDECODABLE:
                 raise InvalidField("request", "is not a valid message (text must be UTF-8)")
-            return await proceed(method, request, context)
+            response = await proceed(method, request, context)
         except GrpcException as error:
             await self._abort(error, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("unexpected error in %s", method_name)
-            await context.abort(grpc.StatusCode.INTERNAL, "Internal server error")
+            await self._abort(InternalError(), context)
+        metadata = reply.gathered()
+        if _is_rest(context):
+            metadata += self._replies.metadata(method_name)
+        if metadata:
+            await context.send_initial_metadata(metadata)
+        return response
 
     async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:
-        headers = getattr(error, "headers", ())
-        if headers:
-            context.set_trailing_metadata(headers)
-        await context.abort(error.status_code, error.details)
+        metadata = (*reply.gathered(), *getattr(error, "headers", ()))
+        failure = getattr(error, "failure", None)
+        if failure is not None and _is_rest(context):
+            # A code the transcoder maps to another status (412, 422): say which.
+            metadata += ((STATUS_HEADER, str(http_status(failure))),)
+        await context.abort_with_status(status_of(error, metadata))
         raise AssertionError("abort returned")  # pragma: no cover
+
+
+def _is_rest(context: grpc.aio.ServicerContext) -> bool:
+    """A call through Envoy's REST door (envoy/rest.lua names its path)."""
+    return bool(metadata_values(context, PATH_HEADER))
 
 
 class RestPathInterceptor(AsyncServerInterceptor):
@@ -247,12 +274,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
             return await proceed(method, request, context)
         verdict = await self._buckets.take(f"{rate.value}:{self.client(context)}", limit)
         if not verdict.allowed:
-            raise RateLimited(verdict.headers())
-        try:
-            response = await proceed(method, request, context)
-        except GrpcException as error:
-            error.headers = (*getattr(error, "headers", ()), *verdict.headers())  # type: ignore[attr-defined]
-            raise
-        # Initial metadata, which Envoy turns into REST response headers.
-        await context.send_initial_metadata(verdict.headers())
-        return response
+            raise RateLimited(verdict.headers(), verdict.retry_after)
+        # Sent with the reply or the error (Envoy makes them REST response headers).
+        reply.add(*verdict.headers())
+        return await proceed(method, request, context)

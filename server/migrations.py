@@ -79,9 +79,36 @@ def one_primary_per_company(db: peewee.Database) -> None:
     )
 
 
+def contact_versions(db: peewee.Database) -> None:
+    # Raised by every change to the row: the contact's ETag (server/etags.py).
+    # (A database adopted from peewee's create_tables may have it already.)
+    if "version" not in {column.name for column in db.get_columns("contacts")}:
+        db.execute_sql("ALTER TABLE contacts ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
+
+
+def idempotency_keys(db: peewee.Database) -> None:
+    # server/idempotency.py: one row per client and Idempotency-Key, kept a day.
+    blob = "BYTEA" if isinstance(db, peewee.PostgresqlDatabase) else "BLOB"
+    db.execute_sql(
+        f"""CREATE TABLE idempotency_keys (
+            client VARCHAR(300) NOT NULL,
+            idempotency_key VARCHAR(255) NOT NULL,
+            fingerprint VARCHAR(64) NOT NULL,
+            response {blob},
+            metadata TEXT,
+            created_at TIMESTAMP NOT NULL,
+            expires_at TIMESTAMP NOT NULL,
+            PRIMARY KEY (client, idempotency_key))"""
+    )
+    # Serves the purge of expired keys.
+    db.execute_sql("CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at)")
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[peewee.Database], None]], ...] = (
     (1, "initial schema", initial_schema),
     (2, "one primary contact per company", one_primary_per_company),
+    (3, "contact versions", contact_versions),
+    (4, "idempotency keys", idempotency_keys),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -17,6 +17,7 @@ The server is one event loop: a call that blocks it stalls every client. So:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -79,8 +80,10 @@ class Offload:
             self._store.ping()
 
     async def write(self, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+        """`call` on a writer thread, in a copy of the call's context (its deadline)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._writer, lambda: call(*args, **kwargs))
+        context = contextvars.copy_context()
+        return await loop.run_in_executor(self._writer, lambda: context.run(call, *args, **kwargs))
 
     async def _scan(
         self, walked: int, call: Callable[P, R], *args: P.args, **kwargs: P.kwargs

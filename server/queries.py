@@ -34,6 +34,7 @@ class ContactRow(NamedTuple):
     is_primary: bool
     created_at: int  # seconds since the epoch, UTC
     updated_at: int
+    version: int  # raised by every change: the ETag
 
 
 class CompanyRow(NamedTuple):
@@ -84,7 +85,8 @@ class Statements:
         p1, p2, p3 = param(1), param(2), param(3)
         stamps = f"{seconds('created_at')}, {seconds('updated_at')}"
         contact = (
-            f"first_name, last_name, email, phone, designation, is_primary, {stamps} FROM contacts"
+            f"first_name, last_name, email, phone, designation, is_primary, {stamps}, version"
+            " FROM contacts"
         )
         company = f"SELECT {key('id')}, name, owner_id, {stamps} FROM companies"
         self.contact = f"SELECT {key('id')}, {key('company_id')}, {contact} WHERE id = {p1}"

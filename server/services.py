@@ -14,12 +14,14 @@ from google.protobuf import empty_pb2
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
+from server import etags, reply
 from server.auth import Caller, authenticated, require_owner, require_superuser
-from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound
+from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound, EtagMismatch
 from server.offload import Offload
 from server.queries import CompanyRow, ContactRow
+from server.rest import FIELDS_HEADER
 from server.store import ATTEMPTS, Store
-from server.validation import contact_fields, page, parse_uuid, text
+from server.validation import contact_fields, page, parse_uuid, text, update_changes
 
 
 def contact_message(row: ContactRow, into: pb.Contact | None = None) -> pb.Contact:
@@ -41,6 +43,24 @@ def contact_message(row: ContactRow, into: pb.Contact | None = None) -> pb.Conta
     message.created_at.seconds = row.created_at
     message.updated_at.seconds = row.updated_at
     return message
+
+
+def one_contact(row: ContactRow) -> pb.Contact:
+    """A reply of one contact: the message, with its ETag in the reply metadata."""
+    reply.add((etags.HEADER, etags.etag(row.version)))
+    return contact_message(row)
+
+
+def if_match(context: grpc.aio.ServicerContext) -> frozenset[int] | None:
+    """The contact versions the call's If-Match accepts (None: any)."""
+    sent = [str(v) for k, v in context.invocation_metadata() or () if k == etags.IF_MATCH]
+    return etags.expected_versions(sent)
+
+
+def sent_fields(context: grpc.aio.ServicerContext) -> list[str] | None:
+    """The top-level members a REST body sent, nulls included (envoy/rest.lua)."""
+    sent = [str(v) for k, v in context.invocation_metadata() or () if k == FIELDS_HEADER]
+    return sent[0].split(",") if len(sent) == 1 and sent[0] else None
 
 
 def company_message(row: CompanyRow, into: pb.Company | None = None) -> pb.Company:
@@ -76,40 +96,48 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         self, request: pb.GetContactRequest, context: grpc.aio.ServicerContext
     ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
-        return contact_message(await self._contact(contact_id))
+        return one_contact(await self._contact(contact_id))
 
     async def CreateContact(
         self, request: pb.CreateContactRequest, context: grpc.aio.ServicerContext
     ) -> pb.Contact:
         fields = contact_fields(request, partial=False)
-        return contact_message(await self.db.write(self.store.create_contact, fields))
+        return one_contact(await self.db.write(self.store.create_contact, fields))
 
     async def UpdateContact(
         self, request: pb.UpdateContactRequest, context: grpc.aio.ServicerContext
     ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
-        changes = contact_fields(request, partial=True)
+        mask = list(request.update_mask.paths) if request.HasField("update_mask") else None
+        changes = update_changes(request, mask, sent_fields(context))
         if "company" in changes:
             # Updating is public, but moving a contact between companies would
             # hand it to another owner: that takes owning both ends.
             who = authenticated()
             await self._require_contact_owner(who, await self._contact(contact_id))
-            if not who.is_superuser:
+            if not who.is_superuser and changes["company"] is not None:
                 target = await self.db.company(changes["company"])
                 require_owner(who, target)
-        return contact_message(await self.db.write(self.store.update_contact, contact_id, changes))
+        versions = if_match(context)
+        return one_contact(
+            await self.db.write(self.store.update_contact, contact_id, changes, versions)
+        )
 
     async def DeleteContact(
         self, request: pb.DeleteContactRequest, context: grpc.aio.ServicerContext
     ) -> empty_pb2.Empty:
         contact_id = parse_uuid(request.contact_id, "contact_id")
         who = authenticated()
+        versions = if_match(context)
         for _ in range(ATTEMPTS):
             contact = await self._contact(contact_id)
             await self._require_contact_owner(who, contact)
-            # Deleted only if it did not move since the check above.
+            if versions is not None and contact.version not in versions:
+                raise EtagMismatch()
+            # Deleted only if it did not move (or change, with If-Match) since
+            # the checks above; if it did, they are made again.
             company_id = _company_key(contact)
-            if await self.db.write(self.store.delete_contact, contact_id, company_id):
+            if await self.db.write(self.store.delete_contact, contact_id, company_id, versions):
                 return empty_pb2.Empty()
         raise Conflict()
 

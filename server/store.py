@@ -1,6 +1,8 @@
 """Persistence: peewee models of companies and contacts, and the store that reads and writes them.
 
 Every write is one transaction; database failures leave here as domain errors.
+A write whose call's deadline has passed by the time it would commit is
+rolled back instead (server/deadlines.py): its client has stopped waiting.
 """
 
 from __future__ import annotations
@@ -12,13 +14,14 @@ import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
+from server import deadlines
 from server.database import open_database
-from server.errors import Conflict, ContactNotFound, StoreUnavailable, UnknownCompany
+from server.errors import Conflict, ContactNotFound, EtagMismatch, StoreUnavailable, UnknownCompany
 from server.migrations import migrate
 from server.queries import CompanyRow, ContactRow, Reads
 
@@ -57,6 +60,7 @@ class Contact(BaseModel):
     is_primary = peewee.BooleanField(default=False)
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
+    version = peewee.IntegerField(default=1, constraints=[peewee.SQL("DEFAULT 1")])
 
     class Meta:
         table_name = "contacts"
@@ -112,12 +116,21 @@ def _retryable(error: peewee.DatabaseError) -> bool:
     return isinstance(error, peewee.IntegrityError) and "UNIQUE constraint failed" in str(error)
 
 
-def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
+class Connected(Protocol):
+    """What `_unit` needs of the object whose method it wraps (the store, the key table)."""
+
+    def connection(self) -> AbstractContextManager[object]: ...
+
+
+S = TypeVar("S", bound=Connected)
+
+
+def _unit(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
     """One store call: a connection for its duration, a lost race tried again, and
     database failures turned into domain errors, never a driver error."""
 
     @functools.wraps(method)
-    def wrapper(store: Store, *args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(store: S, *args: P.args, **kwargs: P.kwargs) -> R:
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 with store.connection():
@@ -179,6 +192,7 @@ class Store:
             Company.insert(
                 id=company_id, name=name, owner_id=owner_id, created_at=stamp, updated_at=stamp
             ).execute()
+            deadlines.check()
         seconds = epoch_seconds(stamp)
         return CompanyRow(str(company_id), name, owner_id, seconds, seconds)
 
@@ -205,11 +219,14 @@ class Store:
         stamp, contact_id = now(), new_id()
         row = {"is_primary": False, **fields, "created_at": stamp, "updated_at": stamp}
         company = row.get("company")
+        promotes = bool(row["is_primary"] and company)
         try:
-            if row["is_primary"] and company:
+            if promotes or deadlines.bounded():
                 with self.db.atomic():
-                    self._demote_primary(company)
+                    if company and promotes:
+                        self._demote_primary(company)
                     Contact.insert(id=contact_id, **row).execute()
+                    deadlines.check()
             else:
                 # One statement, committed on its own: the foreign key is the
                 # check that the company exists, with no round trip of its own.
@@ -230,12 +247,22 @@ class Store:
             is_primary=row["is_primary"],
             created_at=seconds,
             updated_at=seconds,
+            version=1,
         )
 
     @_unit
-    def update_contact(self, contact_id: uuid.UUID, changes: Mapping[str, Any]) -> ContactRow:
+    def update_contact(
+        self,
+        contact_id: uuid.UUID,
+        changes: Mapping[str, Any],
+        versions: frozenset[int] | None = None,
+    ) -> ContactRow:
+        """Writes `changes` (a None value clears the column). With `versions`, only if
+        the contact's version is one of them (If-Match), else EtagMismatch."""
         with self.db.atomic():
             contact = self._get_contact(contact_id)
+            if versions is not None and contact.version not in versions:
+                raise EtagMismatch()
             if "company" in changes:
                 self._require_company(changes["company"])
             company = changes.get("company", contact.company_id)
@@ -243,16 +270,35 @@ class Store:
                 self._demote_primary(company, keep=contact_id)
             # Only the fields the caller set are written, so a concurrent
             # update of other fields is never overwritten with stale values.
-            Contact.update(**changes, updated_at=now()).where(Contact.id == contact_id).execute()
+            query = Contact.update(**changes, updated_at=now(), version=Contact.version + 1)
+            query = query.where(Contact.id == contact_id)
+            if versions is not None:
+                # Checked again by the write itself: a concurrent writer that
+                # read the same version first has raised it by now (PostgreSQL
+                # re-evaluates the condition once the other commits).
+                query = query.where(Contact.version.in_(list(versions)))
+            if not query.execute():
+                raise EtagMismatch()
+            deadlines.check()
             return self._get_contact(contact_id)
 
     @_unit
-    def delete_contact(self, contact_id: uuid.UUID, company_id: uuid.UUID | None) -> bool:
+    def delete_contact(
+        self,
+        contact_id: uuid.UUID,
+        company_id: uuid.UUID | None,
+        versions: frozenset[int] | None = None,
+    ) -> bool:
         """Deletes the contact if it still belongs to `company_id` (what the caller was
-        authorised for); False if it has moved since."""
+        authorised for) and, with `versions`, still has one of them; False if not."""
         company = Contact.company.is_null() if company_id is None else Contact.company == company_id
+        condition = (Contact.id == contact_id) & company
+        if versions is not None:
+            condition &= Contact.version.in_(list(versions))
         with self.db.atomic():
-            return bool(Contact.delete().where((Contact.id == contact_id) & company).execute())
+            deleted = bool(Contact.delete().where(condition).execute())
+            deadlines.check()
+            return deleted
 
     @_unit
     def seed_contacts(self, company_id: uuid.UUID, count: int, batch: int = 2000) -> None:
@@ -286,7 +332,9 @@ class Store:
             # concurrent ones would each demote the old primary and collide
             # on the one-primary index. (SQLite writers are serial already.)
             Company.select(Company.id).where(Company.id == company_id).for_update().execute()
-        query = Contact.update(is_primary=False, updated_at=now()).where(
+        query = Contact.update(
+            is_primary=False, updated_at=now(), version=Contact.version + 1
+        ).where(
             (Contact.company == company_id) & (Contact.is_primary == True)  # noqa: E712
         )
         if keep is not None:

@@ -63,22 +63,74 @@ def page(skip: int, limit: int) -> tuple[int, int]:
     return skip, limit or DEFAULT_PAGE
 
 
+# Fields of an update that can be cleared, and the store column of each.
+CLEARABLE = {
+    "last_name": "last_name",
+    "phone": "phone",
+    "designation": "designation",
+    "company_id": "company",
+}
+UPDATABLE = ("company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary")
+
+
+def update_changes(request: Any, mask: list[str] | None, sent: list[str] | None) -> dict[str, Any]:
+    """The columns an UpdateContact request changes (None: cleared).
+
+    `mask` is the request's update_mask (AIP-134): only its fields change, and
+    one of them left unset is cleared. Without one, the set fields change, and
+    `sent` (the members a REST body sent, nulls included) names those sent as
+    null, which are cleared.
+    """
+    changes = contact_fields(request, partial=True)
+    if mask is not None:
+        unknown = [path for path in mask if path not in UPDATABLE]
+        if unknown:
+            raise InvalidField("update_mask", f"names no updatable field: {', '.join(unknown)}")
+        kept = {CLEARABLE.get(path, path) for path in mask}
+        changes = {column: value for column, value in changes.items() if column in kept}
+        unset = [path for path in mask if not request.HasField(path)]
+    else:
+        unset = [name for name in sent or () if name in UPDATABLE and not request.HasField(name)]
+    bad = []
+    for name in dict.fromkeys(unset):
+        if name in CLEARABLE:
+            changes[CLEARABLE[name]] = None
+        elif name == "is_primary" and mask is not None:
+            changes["is_primary"] = False
+        else:
+            bad.append(InvalidField(name, "must not be null"))
+    if bad:
+        raise InvalidField.of(bad)
+    return changes
+
+
 def contact_fields(request: Any, partial: bool) -> dict[str, Any]:
     """The store's columns from a Create (partial=False) or Update request.
 
     Optional fields that the request does not set are left out, so that an
-    update changes only what the client sent.
+    update changes only what the client sent. Every bad field is named (one
+    InvalidField with a violation each).
     """
     fields: dict[str, Any] = {}
+    bad: list[InvalidField] = []
+
+    def check(column: str, parse: Any, *args: Any) -> None:
+        try:
+            fields[column] = parse(*args)
+        except InvalidField as error:
+            bad.append(error)
+
     for name in ("first_name", "email"):
         if not partial or request.HasField(name):
-            fields[name] = text(getattr(request, name), name)
+            check(name, text, getattr(request, name), name)
     for name in ("last_name", "phone", "designation"):
         if request.HasField(name):
-            fields[name] = text(getattr(request, name), name)
+            check(name, text, getattr(request, name), name)
     if request.HasField("company_id"):
         # Sent but empty is a malformed id, not a missing one: the field is optional.
-        fields["company"] = parse_uuid(request.company_id, "company_id", required=False)
+        check("company", parse_uuid, request.company_id, "company_id", False)
     if not partial or request.HasField("is_primary"):
         fields["is_primary"] = request.is_primary
+    if bad:
+        raise InvalidField.of(bad)
     return fields

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Iterator
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
@@ -75,6 +77,7 @@ def test_61_rapid_creates_the_61st_is_429(api: Rest, clock: Clock) -> None:
     assert first.headers["ratelimit-remaining"] == "59"
     assert last_ok.headers["ratelimit-remaining"] == "0"
     assert body(refused) == {"detail": "Rate limit exceeded"}
+    assert "grpc-status-details-bin" not in refused.headers
     assert refused.headers["retry-after"] == "1"
     assert refused.headers["ratelimit-remaining"] == "0"
     assert int(refused.headers["ratelimit-reset"]) == 60
@@ -144,6 +147,11 @@ def test_grpc_is_limited_the_same_way(limited: App, clock: Clock, tokens: Tokens
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED  # type: ignore[attr-defined]
         assert error.details() == "Rate limit exceeded"  # type: ignore[attr-defined]
         assert dict(error.trailing_metadata())["retry-after"] == "1"  # type: ignore[attr-defined]
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+        assert status is not None
+        retry, info = error_details_pb2.RetryInfo(), error_details_pb2.ErrorInfo()
+        assert status.details[0].Unpack(info) and info.reason == "RATE_LIMITED"
+        assert status.details[1].Unpack(retry) and retry.retry_delay.seconds == 1
 
 
 def test_health_is_never_limited(limited: App, clock: Clock) -> None:

@@ -26,10 +26,11 @@ from contacts.options.v1 import options_pb2 as contacts_dot_options_dot_v1_dot_o
 from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.api import field_behavior_pb2 as google_dot_api_dot_field__behavior__pb2
 from google.protobuf import empty_pb2 as google_dot_protobuf_dot_empty__pb2
+from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mask__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ontacts/v1/contacts.proto\x12\x0b\x63ontacts.v1\x1a!contacts/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x02\n\x07\x43ontact\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x03\x88\xb5\x18\x01\x12\x1d\n\ncompany_id\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01H\x00\x88\x01\x01\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x16\n\tlast_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x12\n\x05phone\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0b\x64\x65signation\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x12\n\nis_primary\x18\x08 \x01(\x08\x12\x34\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\r\n\x0b_company_idB\x0c\n\n_last_nameB\x08\n\x06_phoneB\x0e\n\x0c_designation\"\xb1\x01\n\x07\x43ompany\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x03\x88\xb5\x18\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x08owner_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"P\n\x13ListContactsRequest\x12\x1c\n\ncompany_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\x12\x0c\n\x04skip\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\">\n\x14ListContactsResponse\x12&\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x14.contacts.v1.Contact\"1\n\x11GetContactRequest\x12\x1c\n\ncontact_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\"\xf5\x01\n\x14\x43reateContactRequest\x12\x1d\n\ncompany_id\x18\x01 \x01(\tB\x04\x88\xb5\x18\x01H\x00\x88\x01\x01\x12\x18\n\nfirst_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\tlast_name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x05\x65mail\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x05phone\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0b\x64\x65signation\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x12\n\nis_primary\x18\x07 \x01(\x08\x42\r\n\x0b_company_idB\x0c\n\n_last_nameB\x08\n\x06_phoneB\x0e\n\x0c_designation\"\xbe\x02\n\x14UpdateContactRequest\x12\x1c\n\ncontact_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\x12\x1d\n\ncompany_id\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01H\x00\x88\x01\x01\x12\x17\n\nfirst_name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tlast_name\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x12\n\x05phone\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x18\n\x0b\x64\x65signation\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x17\n\nis_primary\x18\x08 \x01(\x08H\x06\x88\x01\x01\x42\r\n\x0b_company_idB\r\n\x0b_first_nameB\x0c\n\n_last_nameB\x08\n\x06_emailB\x08\n\x06_phoneB\x0e\n\x0c_designationB\r\n\x0b_is_primary\"4\n\x14\x44\x65leteContactRequest\x12\x1c\n\ncontact_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\"*\n\x14\x43reateCompanyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"1\n\x11GetCompanyRequest\x12\x1c\n\ncompany_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\"3\n\x14ListCompaniesRequest\x12\x0c\n\x04skip\x18\x01 \x01(\x05\x12\r\n\x05limit\x18\x02 \x01(\x05\"@\n\x15ListCompaniesResponse\x12\'\n\tcompanies\x18\x01 \x03(\x0b\x32\x14.contacts.v1.Company2\xee\x04\n\x0f\x43ontactsService\x12w\n\x0cListContacts\x12 .contacts.v1.ListContactsRequest\x1a!.contacts.v1.ListContactsResponse\"\"\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x05\x08\x03\x12\x01\x03\x82\xd3\xe4\x93\x02\x0b\x12\t/contacts\x12q\n\nGetContact\x12\x1e.contacts.v1.GetContactRequest\x1a\x14.contacts.v1.Contact\"-\x8a\xb5\x18\x04\x08\x02\x10\x01\x92\xb5\x18\x03\x12\x01\x04\x82\xd3\xe4\x93\x02\x18\x12\x16/contacts/{contact_id}\x12p\n\rCreateContact\x12!.contacts.v1.CreateContactRequest\x1a\x14.contacts.v1.Contact\"&\x8a\xb5\x18\x04\x08\x02\x10\x02\x92\xb5\x18\x06\x08\x01\x12\x02\x05\x07\x82\xd3\xe4\x93\x02\x0e\"\t/contacts:\x01*\x12}\n\rUpdateContact\x12!.contacts.v1.UpdateContactRequest\x1a\x14.contacts.v1.Contact\"3\x8a\xb5\x18\x04\x08\x02\x10\x01\x92\xb5\x18\x06\x12\x04\x03\x04\x05\x06\x82\xd3\xe4\x93\x02\x1b\x32\x16/contacts/{contact_id}:\x01*\x12~\n\rDeleteContact\x12!.contacts.v1.DeleteContactRequest\x1a\x16.google.protobuf.Empty\"2\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x08\x08\x02\x12\x04\x03\x04\x05\x06\x82\xd3\xe4\x93\x02\x18*\x16/contacts/{contact_id}2\xf3\x02\n\x10\x43ompaniesService\x12p\n\rCreateCompany\x12!.contacts.v1.CreateCompanyRequest\x1a\x14.contacts.v1.Company\"&\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x05\x08\x01\x12\x01\x07\x82\xd3\xe4\x93\x02\x0f\"\n/companies:\x01*\x12s\n\nGetCompany\x12\x1e.contacts.v1.GetCompanyRequest\x1a\x14.contacts.v1.Company\"/\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x04\x12\x02\x03\x04\x82\xd3\xe4\x93\x02\x19\x12\x17/companies/{company_id}\x12x\n\rListCompanies\x12!.contacts.v1.ListCompaniesRequest\x1a\".contacts.v1.ListCompaniesResponse\" \x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x0c\x12\n/companiesb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63ontacts/v1/contacts.proto\x12\x0b\x63ontacts.v1\x1a!contacts/options/v1/options.proto\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/api/field_behavior.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xde\x02\n\x07\x43ontact\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x03\x88\xb5\x18\x01\x12\x1d\n\ncompany_id\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01H\x00\x88\x01\x01\x12\x12\n\nfirst_name\x18\x03 \x01(\t\x12\x16\n\tlast_name\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\r\n\x05\x65mail\x18\x05 \x01(\t\x12\x12\n\x05phone\x18\x06 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0b\x64\x65signation\x18\x07 \x01(\tH\x03\x88\x01\x01\x12\x12\n\nis_primary\x18\x08 \x01(\x08\x12\x34\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x42\r\n\x0b_company_idB\x0c\n\n_last_nameB\x08\n\x06_phoneB\x0e\n\x0c_designation\"\xb1\x01\n\x07\x43ompany\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x03\x88\xb5\x18\x01\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x16\n\x08owner_id\x18\x03 \x01(\tB\x04\xe2\x41\x01\x03\x12\x34\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\x12\x34\n\nupdated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x04\xe2\x41\x01\x03\"P\n\x13ListContactsRequest\x12\x1c\n\ncompany_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\x12\x0c\n\x04skip\x18\x02 \x01(\x05\x12\r\n\x05limit\x18\x03 \x01(\x05\">\n\x14ListContactsResponse\x12&\n\x08\x63ontacts\x18\x01 \x03(\x0b\x32\x14.contacts.v1.Contact\"1\n\x11GetContactRequest\x12\x1c\n\ncontact_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\"\xf5\x01\n\x14\x43reateContactRequest\x12\x1d\n\ncompany_id\x18\x01 \x01(\tB\x04\x88\xb5\x18\x01H\x00\x88\x01\x01\x12\x18\n\nfirst_name\x18\x02 \x01(\tB\x04\xe2\x41\x01\x02\x12\x16\n\tlast_name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x13\n\x05\x65mail\x18\x04 \x01(\tB\x04\xe2\x41\x01\x02\x12\x12\n\x05phone\x18\x05 \x01(\tH\x02\x88\x01\x01\x12\x18\n\x0b\x64\x65signation\x18\x06 \x01(\tH\x03\x88\x01\x01\x12\x12\n\nis_primary\x18\x07 \x01(\x08\x42\r\n\x0b_company_idB\x0c\n\n_last_nameB\x08\n\x06_phoneB\x0e\n\x0c_designation\"\xef\x02\n\x14UpdateContactRequest\x12\x1c\n\ncontact_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\x12\x1d\n\ncompany_id\x18\x02 \x01(\tB\x04\x88\xb5\x18\x01H\x00\x88\x01\x01\x12\x17\n\nfirst_name\x18\x03 \x01(\tH\x01\x88\x01\x01\x12\x16\n\tlast_name\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x12\n\x05\x65mail\x18\x05 \x01(\tH\x03\x88\x01\x01\x12\x12\n\x05phone\x18\x06 \x01(\tH\x04\x88\x01\x01\x12\x18\n\x0b\x64\x65signation\x18\x07 \x01(\tH\x05\x88\x01\x01\x12\x17\n\nis_primary\x18\x08 \x01(\x08H\x06\x88\x01\x01\x12/\n\x0bupdate_mask\x18\t \x01(\x0b\x32\x1a.google.protobuf.FieldMaskB\r\n\x0b_company_idB\r\n\x0b_first_nameB\x0c\n\n_last_nameB\x08\n\x06_emailB\x08\n\x06_phoneB\x0e\n\x0c_designationB\r\n\x0b_is_primary\"4\n\x14\x44\x65leteContactRequest\x12\x1c\n\ncontact_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\"*\n\x14\x43reateCompanyRequest\x12\x12\n\x04name\x18\x01 \x01(\tB\x04\xe2\x41\x01\x02\"1\n\x11GetCompanyRequest\x12\x1c\n\ncompany_id\x18\x01 \x01(\tB\x08\xe2\x41\x01\x02\x88\xb5\x18\x01\"3\n\x14ListCompaniesRequest\x12\x0c\n\x04skip\x18\x01 \x01(\x05\x12\r\n\x05limit\x18\x02 \x01(\x05\"@\n\x15ListCompaniesResponse\x12\'\n\tcompanies\x18\x01 \x03(\x0b\x32\x14.contacts.v1.Company2\xfc\x04\n\x0f\x43ontactsService\x12w\n\x0cListContacts\x12 .contacts.v1.ListContactsRequest\x1a!.contacts.v1.ListContactsResponse\"\"\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x05\x08\x03\x12\x01\x03\x82\xd3\xe4\x93\x02\x0b\x12\t/contacts\x12s\n\nGetContact\x12\x1e.contacts.v1.GetContactRequest\x1a\x14.contacts.v1.Contact\"/\x8a\xb5\x18\x04\x08\x02\x10\x01\x92\xb5\x18\x05\x12\x01\x04 \x01\x82\xd3\xe4\x93\x02\x18\x12\x16/contacts/{contact_id}\x12t\n\rCreateContact\x12!.contacts.v1.CreateContactRequest\x1a\x14.contacts.v1.Contact\"*\x8a\xb5\x18\x04\x08\x02\x10\x02\x92\xb5\x18\n\x08\x01\x12\x02\x05\x07\x18\x01 \x01\x82\xd3\xe4\x93\x02\x0e\"\t/contacts:\x01*\x12\x81\x01\n\rUpdateContact\x12!.contacts.v1.UpdateContactRequest\x1a\x14.contacts.v1.Contact\"7\x8a\xb5\x18\x04\x08\x02\x10\x01\x92\xb5\x18\n\x12\x04\x03\x04\x05\x06 \x01(\x01\x82\xd3\xe4\x93\x02\x1b\x32\x16/contacts/{contact_id}:\x01*\x12\x80\x01\n\rDeleteContact\x12!.contacts.v1.DeleteContactRequest\x1a\x16.google.protobuf.Empty\"4\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\n\x08\x02\x12\x04\x03\x04\x05\x06(\x01\x82\xd3\xe4\x93\x02\x18*\x16/contacts/{contact_id}2\xf6\x02\n\x10\x43ompaniesService\x12s\n\rCreateCompany\x12!.contacts.v1.CreateCompanyRequest\x1a\x14.contacts.v1.Company\")\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x08\x08\x01\x12\x02\x05\x07\x18\x01\x82\xd3\xe4\x93\x02\x0f\"\n/companies:\x01*\x12s\n\nGetCompany\x12\x1e.contacts.v1.GetCompanyRequest\x1a\x14.contacts.v1.Company\"/\x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x04\x12\x02\x03\x04\x82\xd3\xe4\x93\x02\x19\x12\x17/companies/{company_id}\x12x\n\rListCompanies\x12!.contacts.v1.ListCompaniesRequest\x1a\".contacts.v1.ListCompaniesResponse\" \x8a\xb5\x18\x04\x08\x01\x10\x01\x92\xb5\x18\x02\x08\x03\x82\xd3\xe4\x93\x02\x0c\x12\n/companiesb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -75,45 +76,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CONTACTSSERVICE'].methods_by_name['ListContacts']._loaded_options = None
   _globals['_CONTACTSSERVICE'].methods_by_name['ListContacts']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\005\010\003\022\001\003\202\323\344\223\002\013\022\t/contacts'
   _globals['_CONTACTSSERVICE'].methods_by_name['GetContact']._loaded_options = None
-  _globals['_CONTACTSSERVICE'].methods_by_name['GetContact']._serialized_options = b'\212\265\030\004\010\002\020\001\222\265\030\003\022\001\004\202\323\344\223\002\030\022\026/contacts/{contact_id}'
+  _globals['_CONTACTSSERVICE'].methods_by_name['GetContact']._serialized_options = b'\212\265\030\004\010\002\020\001\222\265\030\005\022\001\004 \001\202\323\344\223\002\030\022\026/contacts/{contact_id}'
   _globals['_CONTACTSSERVICE'].methods_by_name['CreateContact']._loaded_options = None
-  _globals['_CONTACTSSERVICE'].methods_by_name['CreateContact']._serialized_options = b'\212\265\030\004\010\002\020\002\222\265\030\006\010\001\022\002\005\007\202\323\344\223\002\016\"\t/contacts:\001*'
+  _globals['_CONTACTSSERVICE'].methods_by_name['CreateContact']._serialized_options = b'\212\265\030\004\010\002\020\002\222\265\030\n\010\001\022\002\005\007\030\001 \001\202\323\344\223\002\016\"\t/contacts:\001*'
   _globals['_CONTACTSSERVICE'].methods_by_name['UpdateContact']._loaded_options = None
-  _globals['_CONTACTSSERVICE'].methods_by_name['UpdateContact']._serialized_options = b'\212\265\030\004\010\002\020\001\222\265\030\006\022\004\003\004\005\006\202\323\344\223\002\0332\026/contacts/{contact_id}:\001*'
+  _globals['_CONTACTSSERVICE'].methods_by_name['UpdateContact']._serialized_options = b'\212\265\030\004\010\002\020\001\222\265\030\n\022\004\003\004\005\006 \001(\001\202\323\344\223\002\0332\026/contacts/{contact_id}:\001*'
   _globals['_CONTACTSSERVICE'].methods_by_name['DeleteContact']._loaded_options = None
-  _globals['_CONTACTSSERVICE'].methods_by_name['DeleteContact']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\010\010\002\022\004\003\004\005\006\202\323\344\223\002\030*\026/contacts/{contact_id}'
+  _globals['_CONTACTSSERVICE'].methods_by_name['DeleteContact']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\n\010\002\022\004\003\004\005\006(\001\202\323\344\223\002\030*\026/contacts/{contact_id}'
   _globals['_COMPANIESSERVICE'].methods_by_name['CreateCompany']._loaded_options = None
-  _globals['_COMPANIESSERVICE'].methods_by_name['CreateCompany']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\005\010\001\022\001\007\202\323\344\223\002\017\"\n/companies:\001*'
+  _globals['_COMPANIESSERVICE'].methods_by_name['CreateCompany']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\010\010\001\022\002\005\007\030\001\202\323\344\223\002\017\"\n/companies:\001*'
   _globals['_COMPANIESSERVICE'].methods_by_name['GetCompany']._loaded_options = None
   _globals['_COMPANIESSERVICE'].methods_by_name['GetCompany']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\004\022\002\003\004\202\323\344\223\002\031\022\027/companies/{company_id}'
   _globals['_COMPANIESSERVICE'].methods_by_name['ListCompanies']._loaded_options = None
   _globals['_COMPANIESSERVICE'].methods_by_name['ListCompanies']._serialized_options = b'\212\265\030\004\010\001\020\001\222\265\030\002\010\003\202\323\344\223\002\014\022\n/companies'
-  _globals['_CONTACT']._serialized_start=204
-  _globals['_CONTACT']._serialized_end=554
-  _globals['_COMPANY']._serialized_start=557
-  _globals['_COMPANY']._serialized_end=734
-  _globals['_LISTCONTACTSREQUEST']._serialized_start=736
-  _globals['_LISTCONTACTSREQUEST']._serialized_end=816
-  _globals['_LISTCONTACTSRESPONSE']._serialized_start=818
-  _globals['_LISTCONTACTSRESPONSE']._serialized_end=880
-  _globals['_GETCONTACTREQUEST']._serialized_start=882
-  _globals['_GETCONTACTREQUEST']._serialized_end=931
-  _globals['_CREATECONTACTREQUEST']._serialized_start=934
-  _globals['_CREATECONTACTREQUEST']._serialized_end=1179
-  _globals['_UPDATECONTACTREQUEST']._serialized_start=1182
-  _globals['_UPDATECONTACTREQUEST']._serialized_end=1500
-  _globals['_DELETECONTACTREQUEST']._serialized_start=1502
-  _globals['_DELETECONTACTREQUEST']._serialized_end=1554
-  _globals['_CREATECOMPANYREQUEST']._serialized_start=1556
-  _globals['_CREATECOMPANYREQUEST']._serialized_end=1598
-  _globals['_GETCOMPANYREQUEST']._serialized_start=1600
-  _globals['_GETCOMPANYREQUEST']._serialized_end=1649
-  _globals['_LISTCOMPANIESREQUEST']._serialized_start=1651
-  _globals['_LISTCOMPANIESREQUEST']._serialized_end=1702
-  _globals['_LISTCOMPANIESRESPONSE']._serialized_start=1704
-  _globals['_LISTCOMPANIESRESPONSE']._serialized_end=1768
-  _globals['_CONTACTSSERVICE']._serialized_start=1771
-  _globals['_CONTACTSSERVICE']._serialized_end=2393
-  _globals['_COMPANIESSERVICE']._serialized_start=2396
-  _globals['_COMPANIESSERVICE']._serialized_end=2767
+  _globals['_CONTACT']._serialized_start=238
+  _globals['_CONTACT']._serialized_end=588
+  _globals['_COMPANY']._serialized_start=591
+  _globals['_COMPANY']._serialized_end=768
+  _globals['_LISTCONTACTSREQUEST']._serialized_start=770
+  _globals['_LISTCONTACTSREQUEST']._serialized_end=850
+  _globals['_LISTCONTACTSRESPONSE']._serialized_start=852
+  _globals['_LISTCONTACTSRESPONSE']._serialized_end=914
+  _globals['_GETCONTACTREQUEST']._serialized_start=916
+  _globals['_GETCONTACTREQUEST']._serialized_end=965
+  _globals['_CREATECONTACTREQUEST']._serialized_start=968
+  _globals['_CREATECONTACTREQUEST']._serialized_end=1213
+  _globals['_UPDATECONTACTREQUEST']._serialized_start=1216
+  _globals['_UPDATECONTACTREQUEST']._serialized_end=1583
+  _globals['_DELETECONTACTREQUEST']._serialized_start=1585
+  _globals['_DELETECONTACTREQUEST']._serialized_end=1637
+  _globals['_CREATECOMPANYREQUEST']._serialized_start=1639
+  _globals['_CREATECOMPANYREQUEST']._serialized_end=1681
+  _globals['_GETCOMPANYREQUEST']._serialized_start=1683
+  _globals['_GETCOMPANYREQUEST']._serialized_end=1732
+  _globals['_LISTCOMPANIESREQUEST']._serialized_start=1734
+  _globals['_LISTCOMPANIESREQUEST']._serialized_end=1785
+  _globals['_LISTCOMPANIESRESPONSE']._serialized_start=1787
+  _globals['_LISTCOMPANIESRESPONSE']._serialized_end=1851
+  _globals['_CONTACTSSERVICE']._serialized_start=1854
+  _globals['_CONTACTSSERVICE']._serialized_end=2490
+  _globals['_COMPANIESSERVICE']._serialized_start=2493
+  _globals['_COMPANIESSERVICE']._serialized_end=2867
 # @@protoc_insertion_point(module_scope)

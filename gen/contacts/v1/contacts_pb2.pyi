@@ -4,6 +4,7 @@ from contacts.options.v1 import options_pb2 as _options_pb2
 from google.api import annotations_pb2 as _annotations_pb2
 from google.api import field_behavior_pb2 as _field_behavior_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -92,7 +93,7 @@ class CreateContactRequest(_message.Message):
     def __init__(self, company_id: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., designation: _Optional[str] = ..., is_primary: _Optional[bool] = ...) -> None: ...
 
 class UpdateContactRequest(_message.Message):
-    __slots__ = ("contact_id", "company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary")
+    __slots__ = ("contact_id", "company_id", "first_name", "last_name", "email", "phone", "designation", "is_primary", "update_mask")
     CONTACT_ID_FIELD_NUMBER: _ClassVar[int]
     COMPANY_ID_FIELD_NUMBER: _ClassVar[int]
     FIRST_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +102,7 @@ class UpdateContactRequest(_message.Message):
     PHONE_FIELD_NUMBER: _ClassVar[int]
     DESIGNATION_FIELD_NUMBER: _ClassVar[int]
     IS_PRIMARY_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     contact_id: str
     company_id: str
     first_name: str
@@ -109,7 +111,8 @@ class UpdateContactRequest(_message.Message):
     phone: str
     designation: str
     is_primary: bool
-    def __init__(self, contact_id: _Optional[str] = ..., company_id: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., designation: _Optional[str] = ..., is_primary: _Optional[bool] = ...) -> None: ...
+    update_mask: _field_mask_pb2.FieldMask
+    def __init__(self, contact_id: _Optional[str] = ..., company_id: _Optional[str] = ..., first_name: _Optional[str] = ..., last_name: _Optional[str] = ..., email: _Optional[str] = ..., phone: _Optional[str] = ..., designation: _Optional[str] = ..., is_primary: _Optional[bool] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
 
 class DeleteContactRequest(_message.Message):
     __slots__ = ("contact_id",)

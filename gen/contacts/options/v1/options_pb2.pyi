@@ -96,9 +96,15 @@ class FailureInfo(_message.Message):
     def __init__(self, status: _Optional[int] = ..., every_rpc: _Optional[bool] = ...) -> None: ...
 
 class Rest(_message.Message):
-    __slots__ = ("reply", "failures")
+    __slots__ = ("reply", "failures", "idempotency_key", "etag", "if_match")
     REPLY_FIELD_NUMBER: _ClassVar[int]
     FAILURES_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    IF_MATCH_FIELD_NUMBER: _ClassVar[int]
     reply: Reply
     failures: _containers.RepeatedScalarFieldContainer[Failure]
-    def __init__(self, reply: _Optional[_Union[Reply, str]] = ..., failures: _Optional[_Iterable[_Union[Failure, str]]] = ...) -> None: ...
+    idempotency_key: bool
+    etag: bool
+    if_match: bool
+    def __init__(self, reply: _Optional[_Union[Reply, str]] = ..., failures: _Optional[_Iterable[_Union[Failure, str]]] = ..., idempotency_key: _Optional[bool] = ..., etag: _Optional[bool] = ..., if_match: _Optional[bool] = ...) -> None: ...
