@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from server import reply
 from server.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidField
 from server.interceptors import metadata_values, proceed
 from server.offload import Offload
-from server.store import BaseModel, Store, _unit, now
+from server.store import BaseModel, Store, _unit, new_id, now, reserved_id
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -52,6 +53,7 @@ class IdempotencyKey(BaseModel):
     client = peewee.CharField(max_length=300)
     idempotency_key = peewee.CharField(max_length=255)
     fingerprint = peewee.CharField(max_length=64)
+    resource_id = peewee.UUIDField()  # the id the first call's create uses
     response = peewee.BlobField(null=True)  # None while the first call runs
     metadata = peewee.TextField(null=True)  # its reply metadata (the ETag), as JSON
     created_at = peewee.DateTimeField()
@@ -60,6 +62,13 @@ class IdempotencyKey(BaseModel):
     class Meta:
         table_name = "idempotency_keys"
         primary_key = peewee.CompositeKey("client", "idempotency_key")
+
+
+@dataclass(frozen=True)
+class Claim:
+    """This call holds the key: its create must make the resource with this id."""
+
+    resource_id: uuid.UUID
 
 
 @dataclass(frozen=True)
@@ -83,8 +92,14 @@ class Keys:
         return self.store.connection()
 
     @_unit
-    def claim(self, client: str, key: str, fingerprint: str) -> Earlier | None:
-        """None if this call now holds the key; else what the key already holds."""
+    def claim(self, client: str, key: str, fingerprint: str) -> Claim | Earlier:
+        """A Claim if this call now holds the key; else what the key already holds.
+
+        A claim reserves the id of the resource to be made. A call that takes
+        over a claim whose first call died (or was cancelled) before storing
+        its response reuses that id: if the first call's create did commit,
+        the store answers with what it made instead of making a copy.
+        """
         stamp = now()
         self._purge(stamp)
         row = {
@@ -95,22 +110,33 @@ class Keys:
             "expires_at": stamp + KEPT,
         }
         with self.db.atomic():
+            fresh = new_id()
             inserted = (
-                IdempotencyKey.insert(client=client, idempotency_key=key, **row)
+                IdempotencyKey.insert(client=client, idempotency_key=key, resource_id=fresh, **row)
                 .on_conflict_ignore()
                 .as_rowcount()
                 .execute()
             )
             if inserted:
-                return None
+                return Claim(fresh)
             this = (IdempotencyKey.client == client) & (IdempotencyKey.idempotency_key == key)
-            # An expired key, or one whose first call died, is taken over.
-            stale = (IdempotencyKey.expires_at <= stamp) | (
+            # An expired key is taken over afresh; one whose first call died
+            # (no response after ABANDONED_AFTER), with the id it reserved.
+            if (
+                IdempotencyKey.update(resource_id=fresh, **row)
+                .where(this & (IdempotencyKey.expires_at <= stamp))
+                .execute()
+            ):
+                return Claim(fresh)
+            abandoned = (
                 IdempotencyKey.response.is_null()
+                & (IdempotencyKey.fingerprint == fingerprint)
                 & (IdempotencyKey.created_at <= stamp - ABANDONED_AFTER)
             )
-            if IdempotencyKey.update(**row).where(this & stale).execute():
-                return None
+            if IdempotencyKey.update(created_at=stamp).where(this & abandoned).execute():
+                taken = IdempotencyKey.select(IdempotencyKey.resource_id).where(this).first()
+                if taken is not None:
+                    return Claim(uuid.UUID(str(taken.resource_id)))
             found = IdempotencyKey.select().where(this).first()
         if found is None:  # released meanwhile: a retry claims it
             return Earlier(fingerprint, None, ())
@@ -194,7 +220,9 @@ class IdempotencyInterceptor(AsyncServerInterceptor):
         message = request.SerializeToString(deterministic=True)
         fingerprint = hashlib.sha256(method_name.encode() + b"\0" + message).hexdigest()
         earlier = await self._db.write(self._keys.claim, client, key, fingerprint)
-        if earlier is not None:
+        if isinstance(earlier, Claim):
+            reserved_id.set(earlier.resource_id)
+        else:
             if earlier.fingerprint != fingerprint:
                 raise IdempotencyKeyReused()
             if earlier.response is None:

@@ -94,6 +94,7 @@ def idempotency_keys(db: peewee.Database) -> None:
             client VARCHAR(300) NOT NULL,
             idempotency_key VARCHAR(255) NOT NULL,
             fingerprint VARCHAR(64) NOT NULL,
+            resource_id VARCHAR(36) NOT NULL,
             response {blob},
             metadata TEXT,
             created_at TIMESTAMP NOT NULL,

@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
+from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -21,7 +22,13 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from server import deadlines
 from server.database import open_database
-from server.errors import Conflict, ContactNotFound, EtagMismatch, StoreUnavailable, UnknownCompany
+from server.errors import (
+    Conflict,
+    ContactNotFound,
+    EtagMismatch,
+    StoreUnavailable,
+    UnknownCompany,
+)
 from server.migrations import migrate
 from server.queries import CompanyRow, ContactRow, Reads
 
@@ -66,6 +73,11 @@ class Contact(BaseModel):
         table_name = "contacts"
 
 
+# The id the next create of this call must use (set by idempotency.py, so that
+# a create run again under the same Idempotency-Key can never make a second row).
+reserved_id: ContextVar[uuid.UUID | None] = ContextVar("reserved_id", default=None)
+
+
 def new_id() -> uuid.UUID:
     """A UUIDv7: time-ordered, so ids sort with created_at and index inserts stay local."""
     millis = time.time_ns() // 1_000_000
@@ -88,6 +100,7 @@ def epoch_seconds(stamp: datetime) -> int:
 
 
 P = ParamSpec("P")
+Row = TypeVar("Row")
 R = TypeVar("R")
 
 
@@ -187,7 +200,10 @@ class Store:
 
     @_unit
     def create_company(self, name: str, owner_id: str) -> CompanyRow:
-        stamp, company_id = now(), new_id()
+        made = self._made_earlier(self._reads.company)
+        if made is not None:
+            return made
+        stamp, company_id = now(), reserved_id.get() or new_id()
         with self.db.atomic():
             Company.insert(
                 id=company_id, name=name, owner_id=owner_id, created_at=stamp, updated_at=stamp
@@ -216,7 +232,10 @@ class Store:
 
     @_unit
     def create_contact(self, fields: Mapping[str, Any]) -> ContactRow:
-        stamp, contact_id = now(), new_id()
+        made = self._made_earlier(self._reads.contact)
+        if made is not None:
+            return made
+        stamp, contact_id = now(), reserved_id.get() or new_id()
         row = {"is_primary": False, **fields, "created_at": stamp, "updated_at": stamp}
         company = row.get("company")
         promotes = bool(row["is_primary"] and company)
@@ -321,6 +340,12 @@ class Store:
         if found is None:
             raise ContactNotFound()
         return found
+
+    def _made_earlier(self, find: Callable[[uuid.UUID], Row | None]) -> Row | None:
+        """What an earlier run of this call made with the id its Idempotency-Key
+        reserved (that run died before storing its response), if anything."""
+        reserved = reserved_id.get()
+        return None if reserved is None else find(reserved)
 
     def _require_company(self, company_id: uuid.UUID | None) -> None:
         if company_id is not None and self._reads.company(company_id) is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ from grpc_status import rpc_status
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
+from server.idempotency import IdempotencyKey
 from server.settings import Settings
+from server.store import Contact, Store, now
 from tests.conftest import Rest, bearer, body, in_threads
 from tests.harness import Server
 
@@ -142,3 +145,47 @@ def test_concurrent_retries_on_two_workers_make_one_row(
         for channel in channels:
             channel.close()
         server.stop()
+
+
+def abandon(store: Store, client: str, idempotency_key: str) -> None:
+    """As if the key's first call had died before storing its response."""
+    with store.connection():
+        IdempotencyKey.update(response=None, created_at=now() - timedelta(minutes=10)).where(
+            (IdempotencyKey.client == client) & (IdempotencyKey.idempotency_key == idempotency_key)
+        ).execute()
+
+
+def test_a_create_whose_response_was_lost_is_never_made_twice(
+    store: Store, contacts_stub: contacts_pb2_grpc.ContactsServiceStub, user: tuple[str, str]
+) -> None:
+    sub, token = user
+    sent = f"k-{uuid.uuid4()}"
+    metadata = (*bearer(token), ("idempotency-key", sent))
+    request = pb.CreateContactRequest(first_name="Lost", email="lost@x.io")
+    first = contacts_stub.CreateContact(request, metadata=metadata)
+    abandon(store, f"sub:{sub}", sent)
+    # Taken over, the call runs again with the id its claim reserved: the
+    # contact exists, so it answers with that contact and makes nothing.
+    again = contacts_stub.CreateContact(request, metadata=metadata)
+    assert again == first
+    assert contacts_stub.CreateContact(request, metadata=metadata) == first  # stored now
+    with store.connection():
+        made = Contact.select().where(Contact.first_name == "Lost").count()
+    assert made == 1
+
+
+def test_a_create_that_died_before_committing_runs_again_with_its_reserved_id(
+    store: Store, contacts_stub: contacts_pb2_grpc.ContactsServiceStub, user: tuple[str, str]
+) -> None:
+    sub, token = user
+    sent = f"k-{uuid.uuid4()}"
+    metadata = (*bearer(token), ("idempotency-key", sent))
+    request = pb.CreateContactRequest(first_name="Died", email="died@x.io")
+    first = contacts_stub.CreateContact(request, metadata=metadata)
+    # As if the create had rolled back: the key is claimed, the row is not there.
+    with store.connection():
+        Contact.delete().where(Contact.id == uuid.UUID(first.id)).execute()
+    abandon(store, f"sub:{sub}", sent)
+    again = contacts_stub.CreateContact(request, metadata=metadata)
+    assert again.id == first.id  # the id the claim reserved
+    assert contacts_stub.CreateContact(request, metadata=metadata) == again  # stored now
