@@ -172,12 +172,17 @@ class Server:
 class Envoy:
     """A real Envoy in front of a gRPC port; its ports are picked by the kernel."""
 
-    def __init__(self, grpc_port: int, workdir: Path) -> None:
+    def __init__(self, grpc_port: int, workdir: Path, log_format: str = "text") -> None:
         config = workdir / f"envoy-{grpc_port}.yaml"
-        config.write_text(stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1"))
+        config.write_text(
+            stack.render_envoy_config(
+                grpc_port, 0, 0, http_address="127.0.0.1", log_format=log_format
+            )
+        )
         admin_file = workdir / f"envoy-{grpc_port}-admin-address"
         command = stack.envoy_command(config, admin_address_path=admin_file)
-        self.process = spawn(command, workdir / f"envoy-{grpc_port}.log")
+        self.log = workdir / f"envoy-{grpc_port}.log"
+        self.process = spawn(command, self.log)
         try:
             self.admin = "http://" + wait_for(
                 lambda: admin_file.exists() and admin_file.read_text().strip(),
