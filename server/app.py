@@ -13,7 +13,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from server import metrics
 from server.auth import Tokens
+from server.calls import CallInterceptor
 from server.errors import StoreUnavailable
 from server.interceptors import (
     AuthInterceptor,
@@ -103,11 +105,13 @@ class App:
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
         await self._health.enter_graceful_shutdown()
+        metrics.HEALTH_SERVING.set(0)
         await self._server.stop(grace)
         assert self._finished is not None
         self._finished.set()
 
     async def _report(self, health_servicer: health_aio.HealthServicer, status: int) -> None:
+        metrics.HEALTH_SERVING.set(status == health_pb2.HealthCheckResponse.SERVING)
         for name in ("", *SERVICES):
             await health_servicer.set(name, status)
 
@@ -118,12 +122,17 @@ class App:
             await asyncio.sleep(self.probe_interval)
             try:
                 await offload.lookup(self.store.ping)
-                reachable = True
-            except StoreUnavailable:
-                reachable = False
+                reachable, cause = True, None
+            except StoreUnavailable as error:
+                reachable, cause = False, error.__cause__ or error
+                metrics.DATABASE_ERRORS.inc()
+            metrics.DATABASE_CONNECTIONS_IN_USE.set(metrics.pool_in_use(self.store.db))
             if reachable != serving:
                 serving = reachable
-                log.warning("database %s", "reachable again" if reachable else "unreachable")
+                if reachable:
+                    log.warning("database reachable again")
+                else:
+                    log.error("database unreachable: %s", " ".join(str(cause).split()))
                 await self._report(
                     self._health,
                     health_pb2.HealthCheckResponse.SERVING
@@ -154,11 +163,13 @@ def build_server(
         RateClass.CREATE: settings.rate_limit_create,
         RateClass.GENERAL: settings.rate_limit_default,
     }
+    limiter = RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens)
     server = grpc.aio.server(
         interceptors=[
+            CallInterceptor(limiter.client, metrics=settings.metrics_port != 0),
             ErrorInterceptor(settings.read_timeout),
             RestPathInterceptor(PathBindings()),
-            RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens),
+            limiter,
             AuthInterceptor(tokens, policies),
         ],
         # Calls waiting for their message cost a coroutine, not a thread;

@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from grpc_interceptor import AsyncServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
+from server import calls, metrics
 from server.auth import Identity, Tokens, identify
-from server.errors import InvalidField, InvalidToken, NotAuthenticated, RateLimited
+from server.errors import (
+    InvalidField,
+    InvalidToken,
+    NotAuthenticated,
+    RateLimited,
+    StoreUnavailable,
+)
 from server.limits import Buckets
 from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
 from server.rest import PATH_HEADER, PathBindings
@@ -38,6 +46,7 @@ class _Undecodable:
 
 
 UNDECODABLE = _Undecodable()
+UNDECODABLE_PROBLEM = "is not a valid message (text must be UTF-8)"
 
 
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -109,6 +118,11 @@ class ErrorInterceptor(AsyncServerInterceptor):
         )
 
     async def _wrap_other(self, handler: Any, method_name: str) -> Any:
+        # Streams (health Watch, reflection) decode tolerantly too: grpc would log
+        # a traceback for every undecodable message a client sends.
+        if handler is not None:
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+
         async def same(_: Any) -> Any:
             return handler
 
@@ -119,22 +133,37 @@ class ErrorInterceptor(AsyncServerInterceptor):
     ) -> Any:
         try:
             if request is UNDECODABLE:
-                raise InvalidField("request", "is not a valid message (text must be UTF-8)")
+                raise InvalidField("request", UNDECODABLE_PROBLEM)
+            if hasattr(request, "__aiter__"):
+                request = _decoded(request, context)
             return await proceed(method, request, context)
         except GrpcException as error:
             await self._abort(error, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
-        except Exception:
+        except Exception as error:
             log.exception("unexpected error in %s", method_name)
+            calls.note_cause(error)
             await context.abort(grpc.StatusCode.INTERNAL, "Internal server error")
 
     async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:
+        if isinstance(error, StoreUnavailable):
+            metrics.DATABASE_ERRORS.inc()
+            calls.note_cause(error.__cause__ or error)
         headers = getattr(error, "headers", ())
         if headers:
-            context.set_trailing_metadata(headers)
+            # After what is there already (the request id).
+            context.set_trailing_metadata((*context.trailing_metadata(), *headers))
         await context.abort(error.status_code, error.details)
         raise AssertionError("abort returned")  # pragma: no cover
+
+
+async def _decoded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    """A request stream that ends the call with INVALID_ARGUMENT at an undecodable message."""
+    async for request in requests:
+        if request is UNDECODABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {UNDECODABLE_PROBLEM}")
+        yield request
 
 
 class RestPathInterceptor(AsyncServerInterceptor):
@@ -219,8 +248,20 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         self._limits = limits
         self._trusted = trusted_proxies
         self._tokens = tokens
+        self._refused = {rate: metrics.RATE_LIMITED.labels(rate.value) for rate in RateClass}
+        self._is_trusted = functools.lru_cache(maxsize=1024)(self._trusts)
 
     def client(self, context: grpc.aio.ServicerContext) -> str:
+        """The call's client key, decided once per call (the call's log line names it)."""
+        call = calls.current()
+        if call is not None and call.client is not None:
+            return call.client
+        key = self._client(context)
+        if call is not None:
+            call.client = key
+        return key
+
+    def _client(self, context: grpc.aio.ServicerContext) -> str:
         who = identity(context, self._tokens).caller
         if who is not None:
             return f"sub:{who.sub}"
@@ -231,7 +272,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
                 return f"ip:{forwarded[0]}"
         return f"ip:{address}"
 
-    def _is_trusted(self, address: str) -> bool:
+    def _trusts(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -247,6 +288,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
             return await proceed(method, request, context)
         verdict = await self._buckets.take(f"{rate.value}:{self.client(context)}", limit)
         if not verdict.allowed:
+            self._refused[rate].inc()
             raise RateLimited(verdict.headers())
         try:
             response = await proceed(method, request, context)

@@ -87,6 +87,7 @@ class Settings:
     max_calls: int = 1000  # calls in flight at once, waiting ones included
     log_format: str = "text"  # or "json": one object per line (the server's and Envoy's)
     log_level: str = "info"  # "warning" drops the line per call
+    metrics_port: int = 9464  # Prometheus /metrics (all interfaces); 0: no metrics at all
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -111,4 +112,5 @@ class Settings:
             max_calls=_int(env, "CONTACTS_MAX_CALLS", cls.max_calls, minimum=1),
             log_format=_choice(env, "CONTACTS_LOG_FORMAT", cls.log_format, LOG_FORMATS),
             log_level=_choice(env, "CONTACTS_LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            metrics_port=_int(env, "CONTACTS_METRICS_PORT", cls.metrics_port),
         )

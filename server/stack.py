@@ -3,16 +3,23 @@ port) and, for `make run`, Envoy beside it; stopped cleanly on SIGINT/SIGTERM.""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from server import metrics
 from server.app import create_app
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError
 from server.store import Store
@@ -20,6 +27,7 @@ from server.store import Store
 log = logging.getLogger(__name__)
 
 ENVOY_DIR = PROJECT_ROOT / "envoy"
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 DESCRIPTOR = PROJECT_ROOT / "gen" / "contacts.pb"
 
 
@@ -157,6 +165,30 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
+    with contextlib.ExitStack() as cleanup:
+        shared = None  # with several workers: the directory their metrics files go to
+        if settings.metrics_port and workers > 1:
+            shared = cleanup.enter_context(metrics_directory())
+        if settings.metrics_port:
+            cleanup.callback(metrics.stop, metrics.serve(settings.metrics_port, shared))
+            log.info("serving metrics on :%d/metrics", settings.metrics_port)
+        return _serve(settings, workers, envoy, stop, shared)
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """Where the workers' metrics files go: a new directory, so it starts empty (files
+    left from an earlier run would be counted again), removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="contacts-metrics-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _serve(
+    settings: Settings, workers: int, envoy: bool, stop: threading.Event, shared: Path | None
+) -> int:
     children: list[subprocess.Popen[bytes]] = []
     store = app = None
     try:
@@ -167,7 +199,11 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             port = app.port
         else:
             command = [sys.executable, "-m", "server", "serve", "--worker"]
-            children = [subprocess.Popen(command, start_new_session=True) for _ in range(workers)]
+            # prometheus_client reads the variable when a worker first imports it.
+            env = None if shared is None else {**os.environ, MULTIPROC_DIR: str(shared)}
+            children = [
+                subprocess.Popen(command, start_new_session=True, env=env) for _ in range(workers)
+            ]
             port = settings.grpc_port
         log.info("serving gRPC on :%d with %d worker process(es)", port, workers)
         if envoy:
@@ -188,6 +224,8 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     finally:
         for child in reversed(children):  # Envoy first: it stops sending work
             stop_process(child)
+            if shared is not None:  # its live gauges (pool in use, health) go with it
+                mark_process_dead(child.pid, str(shared))
         if app is not None and store is not None:
             app.stop()
             store.close()
