@@ -1,4 +1,5 @@
-"""The interceptor chain: errors → REST paths → rate limits → auth. Each reads the proto."""
+"""The interceptor chain after server.calls: errors → REST paths → rate limits → auth. Each reads
+the proto."""
 
 from __future__ import annotations
 
