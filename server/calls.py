@@ -97,11 +97,12 @@ def _kind(method_path: str, handler: Any) -> str:
 class _Method:
     """What every call of one RPC shares: its metrics children and its log level."""
 
-    __slots__ = ("level", "metrics", "path")
+    __slots__ = ("level", "lines", "metrics", "path")
 
     def __init__(self, path: str, metrics: MethodMetrics | None) -> None:
         self.path = path
         self.metrics = metrics
+        self.lines = logs.CallLines(log, path)
         service = path.strip("/").partition("/")[0]
         self.level = logging.DEBUG if service in QUIET_SERVICES else logging.INFO
 
@@ -229,13 +230,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         level = logging.WARNING if code in SERVER_FAULTS else method.level
         if not log.isEnabledFor(level):  # nothing is formatted for a line not written
             return
-        fields = {
-            "method": method.path,
-            "code": code.name,
-            "duration_ms": round(elapsed * 1000, 3),
-            "client": self._client_of(call, context),
-            "request_id": call.request_id,
-        }
-        if call.cause is not None:
-            fields["cause"] = call.cause
-        logs.call_line(log, level, fields)
+        method.lines.write(
+            level,
+            code.name,
+            round(elapsed * 1000, 3),
+            self._client_of(call, context),
+            call.request_id,
+            call.cause,
+        )
