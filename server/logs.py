@@ -138,12 +138,14 @@ class _ClientWentAway(logging.Filter):
 GRPC_AIO_LOGGER = "grpc._cython.cygrpc"
 
 
+FLUSH_EVERY = 0.05  # seconds a call line may wait, so that busy times write in batches
 PIPE_BUF = 4096  # a write to a pipe up to this size is never split by another writer's
 
 
 class _Sink:
     """Where configure() sends lines: the handler (its stream, lock and formatter), and
-    the call lines waiting for the event loop's next turn."""
+    the call lines waiting to be written together (at most FLUSH_EVERY later: a write
+    per line would cost a system call and a hand-over of the GIL per call)."""
 
     def __init__(self, handler: logging.StreamHandler[TextIO], formatter: LineFormatter) -> None:
         self.handler = handler
@@ -157,7 +159,7 @@ class _Sink:
             self.write([line])
             return
         if not self.pending:
-            loop.call_soon(self.flush)
+            loop.call_later(FLUSH_EVERY, self.flush)
         self.pending.append(line)
 
     def flush(self) -> None:
@@ -202,8 +204,8 @@ class CallLines:
     There is one per call, and a LogRecord alone costs more than a cheap call's
     whole line should (a call is ~40 µs of Python): so once configure() has set
     up the stream, the line is made here, in the same format the formatter
-    gives (what never changes for the method made once), and the lines of the
-    calls that end in one turn of the event loop go out in one write.
+    gives (what never changes for the method made once), and lines go out in
+    batches, at most FLUSH_EVERY after their call ended.
     """
 
     def __init__(self, logger: logging.Logger, method: str) -> None:
