@@ -9,6 +9,7 @@ two numbers it divides.
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Any
 
 Row = dict[str, Any]
@@ -154,4 +155,33 @@ def info_lines(
         )
     memory = ", ".join(f"{name} {mib:.0f} MiB" for name, mib in memory_mib.items())
     lines.append(f"  (info) server memory after its rows (VmRSS, summed over processes): {memory}")
+    return "\n".join(lines)
+
+
+OBSERVABILITY_BOUND = 0.05  # issue 11: metrics and the line per call cost at most 5 %
+
+
+def observability_lines(rows: list[Row]) -> str:
+    """What metrics and the log line per call cost GetContact: req/s and the server's CPU
+    per reply, each the median of its runs with them on and off."""
+    lines = ["metrics and the line per call (sqlite x1 GetContact, on vs off, alternated):"]
+    for door in (GRPC, REST):
+        runs = {
+            state: [r for r in rows if r["door"] == door and r["observability"] == state]
+            for state in ("on", "off")
+        }
+        if not runs["on"] or not runs["off"]:
+            continue
+        rps = {state: statistics.median(r["rps"] for r in got) for state, got in runs.items()}
+        cpu = {
+            state: statistics.median(r["cpu_us"] or 0 for r in got) for state, got in runs.items()
+        }
+        cost = 1 - rps["on"] / rps["off"] if rps["off"] else math.nan
+        cpu_cost = cpu["on"] / cpu["off"] - 1 if cpu["off"] else math.nan
+        verdict = "met" if cost <= OBSERVABILITY_BOUND else "MISSED"
+        lines.append(
+            f"  {door:<15} on {rps['on']:8,.0f} req/s  off {rps['off']:8,.0f} req/s  "
+            f"cost {cost:6.1%} (<= {OBSERVABILITY_BOUND:.0%}) {verdict:<7} server CPU per "
+            f"reply {cpu['on']:.0f} vs {cpu['off']:.0f} µs ({cpu_cost:+.1%})"
+        )
     return "\n".join(lines)

@@ -56,6 +56,7 @@ class Run:
     row_cost_us: dict[str, float] = field(default_factory=dict)
     quiet: list[Row] = field(default_factory=list)  # the baseline at 1 request in flight
     ceiling: list[Row] = field(default_factory=list)  # the bare grpc.aio server (--aio)
+    observed: list[Row] = field(default_factory=list)  # GetContact, metrics and log on and off
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,11 @@ def started(
         yield Stack(backend, workers, server, envoy, client)
 
 
+def cpu_seconds(process: psutil.Process) -> float:
+    times = process.cpu_times()
+    return float(times.user + times.system)
+
+
 class WorkerCpu:
     """How the CPU time of a row was shared among a server's worker processes: with
     SO_REUSEPORT the kernel spreads connections, not requests, and a few long-lived
@@ -92,15 +98,10 @@ class WorkerCpu:
 
     def __init__(self, server: Server, workers: int) -> None:
         self.workers = server.processes()[1:] if workers > 1 else []
-        self.before = [self._used(p) for p in self.workers]
-
-    @staticmethod
-    def _used(process: psutil.Process) -> float:
-        times = process.cpu_times()
-        return float(times.user + times.system)
+        self.before = [cpu_seconds(p) for p in self.workers]
 
     def note(self) -> str:
-        used = [self._used(p) - b for p, b in zip(self.workers, self.before, strict=True)]
+        used = [cpu_seconds(p) - b for p, b in zip(self.workers, self.before, strict=True)]
         if not used or sum(used) <= 0:
             return ""
         return "worker CPU " + "/".join(f"{u / sum(used):.0%}" for u in used)
@@ -114,6 +115,7 @@ def measure(run: Run, stack: Stack, call: Call, door: str, load: Load | None = N
     check(call)
     before = client.count(call.creates_in) if call.creates_in else None
     cpu = WorkerCpu(stack.server, stack.workers)
+    used = cpu_seconds(stack.server.processes()[0])
     name = f"{stack.backend}-{stack.workers}-{call.rpc}-{door}".replace(" ", "-")
     stem = run.workdir / name
     headers = {"authorization": f"Bearer {run.token}"}
@@ -128,6 +130,11 @@ def measure(run: Run, stack: Stack, call: Call, door: str, load: Load | None = N
         result = h2load(url, body, headers, load, stem.with_suffix(".log"))
     row: Row = {"backend": stack.backend, "workers": stack.workers, "rpc": call.rpc, "door": door}
     row |= {**asdict(result), "note": cpu.note()}
+    # The server's CPU per reply (the warm-up's replies included, at the measured rate):
+    # steadier than req/s on a shared machine.
+    replies = result.rps * (load.duration + load.warmup)
+    spent = cpu_seconds(stack.server.processes()[0]) - used
+    row["cpu_us"] = spent / replies * 1e6 if replies and stack.workers == 1 else None
     if before is not None and call.creates_in:
         # Every success adds a contact (the warm-up some more): fewer new
         # contacts than measured replies means some calls failed.
@@ -154,6 +161,22 @@ def measure_baseline(run: Run) -> None:
         run.ceiling.append(measure(run, stack, get_contact(str(uuid.uuid4()), echoed=False), GRPC))
 
 
+# Metrics and the line per call off: what they cost is the difference.
+UNOBSERVED = {"CONTACTS_METRICS_PORT": "0", "CONTACTS_LOG_LEVEL": "warning"}
+
+
+def measure_observability(run: Run, env: dict[str, str], contact: str) -> None:
+    """GetContact on two stacks over one database, metrics and log lines on (the default,
+    and every row above) and off, alternated so that the machine's drift hits both."""
+    print("== sqlite, 1 worker: metrics and the line per call on, then off", flush=True)
+    call = get_contact(contact)
+    with started(run, "sqlite", env) as on, started(run, "sqlite", env | UNOBSERVED) as off:
+        for door in (GRPC, REST):
+            for stack, state in ((on, "on"), (off, "off"), (off, "off"), (on, "on")) * 2:
+                row = measure(run, stack, call, door)
+                run.observed.append(row | {"observability": state})
+
+
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
     """One database: seeded once through the API, then 1 and `workers` server processes."""
     env = {
@@ -177,6 +200,8 @@ def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: in
             for call in (get_contact(contact), list_contacts(company), create_contact(company)):
                 run.rows += [measure(run, stack, call, door) for door in (GRPC, REST)]
             run.memory_mib[f"{backend} x{count}"] = stack.server.rss() / 2**20
+    if backend == "sqlite":
+        measure_observability(run, env, contact)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -242,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.target_lines(targets))
     print(report.info_lines(run.quiet, run.memory_mib, run.ceiling, run.rows))
+    print(report.observability_lines(run.observed))
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -251,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": run.rows,
         "targets": targets,
         "unloaded": run.quiet,
+        "observability": run.observed,
         "row_cost_us": run.row_cost_us,
         "memory_mib": run.memory_mib,
         "skipped": skipped,
@@ -260,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"results: {args.output} ({results['seconds']} s in all)")
     failed = [
         f"{r['backend']} x{r['workers']} {r['rpc']} {r['door']}"
-        for r in run.rows + run.quiet
+        for r in run.rows + run.quiet + run.observed
         if r["errors"]
     ]
     if failed:

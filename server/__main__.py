@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from server import migrations, stack
+from server import logs, migrations, stack
 from server.auth import Tokens
 from server.database import open_database
 from server.settings import Settings, SettingsError
@@ -72,12 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure()  # until the settings say which format and level
     try:
         settings = Settings.from_env()
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    logs.configure(settings.log_format, settings.log_level)
     try:
         if args.command in ("run", "serve") and args.worker:
             return stack.serve_worker(settings)
@@ -86,6 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # a port taken, say
+        logging.getLogger("server").error("cannot start: %s", error)
+        return 1
     if args.command == "seed":
         return seed(settings, args.contacts, args.owner)
     if args.command == "migrate":

@@ -14,7 +14,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
+from server import metrics
 from server.auth import Tokens
+from server.calls import CallInterceptor
 from server.errors import StoreUnavailable
 from server.idempotency import IdempotencyInterceptor, Keys
 from server.interceptors import (
@@ -110,11 +112,13 @@ class App:
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
         await self._health.enter_graceful_shutdown()
+        metrics.HEALTH_SERVING.set(0)
         await self._server.stop(grace)
         assert self._finished is not None
         self._finished.set()
 
     async def _report(self, health_servicer: health_aio.HealthServicer, status: int) -> None:
+        metrics.HEALTH_SERVING.set(status == health_pb2.HealthCheckResponse.SERVING)
         for name in ("", *SERVICES):
             await health_servicer.set(name, status)
 
@@ -125,12 +129,17 @@ class App:
             await asyncio.sleep(self.probe_interval)
             try:
                 await offload.ping()
-                reachable = True
-            except StoreUnavailable:
-                reachable = False
+                reachable, cause = True, None
+            except StoreUnavailable as error:
+                reachable, cause = False, error.__cause__ or error
+                metrics.DATABASE_ERRORS.inc()
+            metrics.DATABASE_CONNECTIONS_IN_USE.set(metrics.pool_in_use(self.store.db))
             if reachable != serving:
                 serving = reachable
-                log.warning("database %s", "reachable again" if reachable else "unreachable")
+                if reachable:
+                    log.warning("database reachable again")
+                else:
+                    log.error("database unreachable: %s", " ".join(str(cause).split()))
                 await self._report(
                     self._health,
                     health_pb2.HealthCheckResponse.SERVING
@@ -164,6 +173,7 @@ def build_server(
     limiter = RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens)
     server = grpc.aio.server(
         interceptors=[
+            CallInterceptor(limiter.client, metrics=settings.metrics_port != 0),
             ErrorInterceptor(settings.read_timeout),
             RestPathInterceptor(PathBindings()),
             limiter,

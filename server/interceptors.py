@@ -1,18 +1,20 @@
-"""The interceptor chain: errors → REST paths → rate limits → auth. Each reads the proto."""
+"""The interceptor chain after server.calls: errors → REST paths → rate limits → auth. Each reads
+the proto."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any, NamedTuple, NoReturn
 
 import grpc
 from grpc_interceptor import AsyncServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
-from server import deadlines, reply
+from server import calls, deadlines, metrics, reply
 from server.auth import Identity, Tokens, identify
 from server.errors import (
     InternalError,
@@ -21,6 +23,7 @@ from server.errors import (
     NotAuthenticated,
     RateLimited,
     RequestNotReceived,
+    StoreUnavailable,
 )
 from server.limits import Buckets
 from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
@@ -47,6 +50,7 @@ class _Undecodable:
 
 
 UNDECODABLE = _Undecodable()
+UNDECODABLE_PROBLEM = "is not a valid message (text must be UTF-8)"
 
 
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
@@ -121,6 +125,11 @@ class ErrorInterceptor(AsyncServerInterceptor):
         )
 
     async def _wrap_other(self, handler: Any, method_name: str) -> Any:
+        # Streams (health Watch, reflection) decode tolerantly too: grpc would log
+        # a traceback for every undecodable message a client sends.
+        if handler is not None:
+            handler = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
+
         async def same(_: Any) -> Any:
             return handler
 
@@ -133,14 +142,17 @@ class ErrorInterceptor(AsyncServerInterceptor):
         deadlines.begin(context.time_remaining())
         try:
             if request is UNDECODABLE:
-                raise InvalidField("request", "is not a valid message (text must be UTF-8)")
+                raise InvalidField("request", UNDECODABLE_PROBLEM)
+            if hasattr(request, "__aiter__"):
+                request = _decoded(request, context)
             response = await proceed(method, request, context)
         except GrpcException as error:
             await self._abort(error, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
-        except Exception:
+        except Exception as error:
             log.exception("unexpected error in %s", method_name)
+            calls.note_cause(error)
             await self._abort(InternalError(), context)
         metadata = reply.gathered()
         if _is_rest(context):
@@ -150,7 +162,15 @@ class ErrorInterceptor(AsyncServerInterceptor):
         return response
 
     async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:
-        metadata = (*reply.gathered(), *getattr(error, "headers", ()))
+        if isinstance(error, StoreUnavailable):
+            metrics.DATABASE_ERRORS.inc()
+            calls.note_cause(error.__cause__ or error)
+        # After what is there already (the request id).
+        metadata = (
+            *(context.trailing_metadata() or ()),
+            *reply.gathered(),
+            *getattr(error, "headers", ()),
+        )
         failure = getattr(error, "failure", None)
         if failure is not None and _is_rest(context):
             # A code the transcoder maps to another status (412, 422): say which.
@@ -162,6 +182,14 @@ class ErrorInterceptor(AsyncServerInterceptor):
 def _is_rest(context: grpc.aio.ServicerContext) -> bool:
     """A call through Envoy's REST door (envoy/rest.lua names its path)."""
     return bool(metadata_values(context, PATH_HEADER))
+
+
+async def _decoded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+    """A request stream that ends the call with INVALID_ARGUMENT at an undecodable message."""
+    async for request in requests:
+        if request is UNDECODABLE:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {UNDECODABLE_PROBLEM}")
+        yield request
 
 
 class RestPathInterceptor(AsyncServerInterceptor):
@@ -246,8 +274,20 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         self._limits = limits
         self._trusted = trusted_proxies
         self._tokens = tokens
+        self._refused = {rate: metrics.RATE_LIMITED.labels(rate.value) for rate in RateClass}
+        self._is_trusted = functools.lru_cache(maxsize=1024)(self._trusts)
 
     def client(self, context: grpc.aio.ServicerContext) -> str:
+        """The call's client key, decided once per call (the call's log line names it)."""
+        call = calls.current()
+        if call is not None and call.client is not None:
+            return call.client
+        key = self._client(context)
+        if call is not None:
+            call.client = key
+        return key
+
+    def _client(self, context: grpc.aio.ServicerContext) -> str:
         who = identity(context, self._tokens).caller
         if who is not None:
             return f"sub:{who.sub}"
@@ -258,7 +298,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
                 return f"ip:{forwarded[0]}"
         return f"ip:{address}"
 
-    def _is_trusted(self, address: str) -> bool:
+    def _trusts(self, address: str) -> bool:
         try:
             ip = ipaddress.ip_address(address)
         except ValueError:
@@ -274,6 +314,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
             return await proceed(method, request, context)
         verdict = await self._buckets.take(f"{rate.value}:{self.client(context)}", limit)
         if not verdict.allowed:
+            self._refused[rate].inc()
             raise RateLimited(verdict.headers(), verdict.retry_after)
         # Sent with the reply or the error (Envoy makes them REST response headers).
         reply.add(*verdict.headers())

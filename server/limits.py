@@ -20,6 +20,8 @@ from typing import Protocol
 import redis
 import redis.asyncio
 
+from server.metrics import REDIS_ERRORS
+
 log = logging.getLogger(__name__)
 
 WINDOW = 60.0  # seconds: a bucket holds one minute's allowance
@@ -151,6 +153,7 @@ class RedisBuckets:
                 await self._take(keys=[f"contacts:bucket:{key}"], args=[interval, WINDOW])
             )
         except redis.RedisError as error:
+            REDIS_ERRORS.inc()
             now = time.monotonic()
             if now - self._complained_at >= self._complain_every:
                 self._complained_at = now

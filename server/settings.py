@@ -56,6 +56,16 @@ def local_secret(data_dir: Path = DATA_DIR) -> str:
     return path.read_text().strip()
 
 
+def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name, "").strip().lower() or default
+    if value not in choices:
+        raise SettingsError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
 LOOPBACK = "127.0.0.0/8,::1/128"
 LOOPBACK_NETWORKS = _networks(LOOPBACK)
 
@@ -75,6 +85,9 @@ class Settings:
     threads: int = 4
     read_timeout: float = 15.0  # seconds a call may take to send its request
     max_calls: int = 1000  # calls in flight at once, waiting ones included
+    log_format: str = "text"  # or "json": one object per line (the server's and Envoy's)
+    log_level: str = "info"  # "warning" drops the line per call
+    metrics_port: int = 9464  # Prometheus /metrics (all interfaces); 0: no metrics at all
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -97,4 +110,7 @@ class Settings:
             threads=_int(env, "CONTACTS_DB_THREADS", cls.threads, minimum=1),
             read_timeout=_int(env, "CONTACTS_READ_TIMEOUT", int(cls.read_timeout), minimum=1),
             max_calls=_int(env, "CONTACTS_MAX_CALLS", cls.max_calls, minimum=1),
+            log_format=_choice(env, "CONTACTS_LOG_FORMAT", cls.log_format, LOG_FORMATS),
+            log_level=_choice(env, "CONTACTS_LOG_LEVEL", cls.log_level, LOG_LEVELS),
+            metrics_port=_int(env, "CONTACTS_METRICS_PORT", cls.metrics_port),
         )

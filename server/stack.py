@@ -3,15 +3,23 @@ port) and, for `make run`, Envoy beside it; stopped cleanly on SIGINT/SIGTERM.""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
+from prometheus_client.multiprocess import mark_process_dead
+
+from server import metrics
 from server.app import create_app
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError
 from server.store import Store
@@ -19,6 +27,7 @@ from server.store import Store
 log = logging.getLogger(__name__)
 
 ENVOY_DIR = PROJECT_ROOT / "envoy"
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 DESCRIPTOR = PROJECT_ROOT / "gen" / "contacts.pb"
 OPENAPI = PROJECT_ROOT / "gen" / "openapi.json"
 SWAGGER_UI = PROJECT_ROOT / "node_modules" / "swagger-ui-dist"  # package.json
@@ -32,8 +41,42 @@ def envoy_binary() -> str:
     return found
 
 
+# Envoy's access log, in the server's two formats (server/logs.py), one line per request.
+_ACCESS_FIELDS = (
+    # As the client sent them (the transcoder rewrites a REST request to a gRPC POST).
+    ("method", "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%"),
+    ("path", "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"),
+    ("status", "%RESPONSE_CODE%"),
+    ("flags", "%RESPONSE_FLAGS%"),
+    ("duration_ms", "%DURATION%"),
+    ("client", "ip:%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    ("request_id", "%REQ(X-REQUEST-ID)%"),
+)
+_ACCESS_TIME = "%START_TIME(%Y-%m-%dT%H:%M:%S.%3fZ)%"
+_ACCESS_TEXT = (
+    f"{_ACCESS_TIME} INFO envoy.access request "
+    + " ".join(f"{key}={value}" for key, value in _ACCESS_FIELDS)
+    + "\n"
+)
+_ACCESS_JSON = {
+    "time": _ACCESS_TIME,
+    "level": "INFO",
+    "logger": "envoy.access",
+    "message": "request",
+    **dict(_ACCESS_FIELDS),
+}
+ACCESS_LOG_FORMATS = {  # YAML flow mappings (JSON is YAML)
+    "text": f"text_format_source: {{inline_string: {json.dumps(_ACCESS_TEXT)}}}",
+    "json": f"json_format: {json.dumps(_ACCESS_JSON)}",
+}
+
+
 def render_envoy_config(
-    grpc_port: int, http_port: int, admin_port: int, http_address: str = "0.0.0.0"
+    grpc_port: int,
+    http_port: int,
+    admin_port: int,
+    http_address: str = "0.0.0.0",
+    log_format: str = "text",
 ) -> str:
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     return template.substitute(
@@ -46,6 +89,7 @@ def render_envoy_config(
         openapi_path=OPENAPI,
         docs_path=ENVOY_DIR,
         swagger_ui_path=SWAGGER_UI,
+        access_log_format=ACCESS_LOG_FORMATS[log_format],
     )
 
 
@@ -54,7 +98,12 @@ def write_envoy_config(settings: Settings) -> Path:
     path = DATA_DIR / f"envoy-{settings.http_port}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
-        render_envoy_config(settings.grpc_port, settings.http_port, settings.envoy_admin_port)
+        render_envoy_config(
+            settings.grpc_port,
+            settings.http_port,
+            settings.envoy_admin_port,
+            log_format=settings.log_format,
+        )
     )
     return path
 
@@ -72,6 +121,8 @@ def envoy_command(config: Path, admin_address_path: Path | None = None) -> list[
     machine; with admin_address_path, Envoy writes its admin address there (for
     admin port 0)."""
     command = [envoy_binary(), "-c", str(config), "--log-level", "warn", "--disable-hot-restart"]
+    # Access lines reach the log within a second, not Envoy's default ten.
+    command += ["--file-flush-interval-msec", "1000"]
     if admin_address_path is not None:
         command += ["--admin-address-path", str(admin_address_path)]
     return command
@@ -119,6 +170,30 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
+    with contextlib.ExitStack() as cleanup:
+        shared = None  # with several workers: the directory their metrics files go to
+        if settings.metrics_port and workers > 1:
+            shared = cleanup.enter_context(metrics_directory())
+        if settings.metrics_port:
+            cleanup.callback(metrics.stop, metrics.serve(settings.metrics_port, shared))
+            log.info("serving metrics on :%d/metrics", settings.metrics_port)
+        return _serve(settings, workers, envoy, stop, shared)
+
+
+@contextlib.contextmanager
+def metrics_directory() -> Iterator[Path]:
+    """Where the workers' metrics files go: a new directory, so it starts empty (files
+    left from an earlier run would be counted again), removed at the end."""
+    path = Path(tempfile.mkdtemp(prefix="contacts-metrics-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _serve(
+    settings: Settings, workers: int, envoy: bool, stop: threading.Event, shared: Path | None
+) -> int:
     children: list[subprocess.Popen[bytes]] = []
     store = app = None
     try:
@@ -129,7 +204,11 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             port = app.port
         else:
             command = [sys.executable, "-m", "server", "serve", "--worker"]
-            children = [subprocess.Popen(command, start_new_session=True) for _ in range(workers)]
+            # prometheus_client reads the variable when a worker first imports it.
+            env = None if shared is None else {**os.environ, MULTIPROC_DIR: str(shared)}
+            children = [
+                subprocess.Popen(command, start_new_session=True, env=env) for _ in range(workers)
+            ]
             port = settings.grpc_port
         log.info("serving gRPC on :%d with %d worker process(es)", port, workers)
         if envoy:
@@ -150,6 +229,8 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     finally:
         for child in reversed(children):  # Envoy first: it stops sending work
             stop_process(child)
+            if shared is not None:  # its live gauges (pool in use, health) go with it
+                mark_process_dead(child.pid, str(shared))
         if app is not None and store is not None:
             app.stop()
             store.close()

@@ -26,6 +26,7 @@ import psutil
 import psycopg2
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from server import stack
 from server.settings import PROJECT_ROOT
@@ -114,6 +115,7 @@ SERVE = (sys.executable, "-m", "server", "serve")
 class Server:
     """`python -m server serve [--workers N]` on a free port, with `env` (CONTACTS_*) added
     to a clean environment; ready once every worker listens and health says SERVING.
+    Its metrics are on another free port (`metrics_url`) unless `env` says otherwise.
     `command` starts another server that takes its port from CONTACTS_GRPC_PORT."""
 
     def __init__(
@@ -124,9 +126,16 @@ class Server:
         command: tuple[str, ...] = SERVE,
     ) -> None:
         self.port = free_port()
+        self.metrics_port = int(env.get("CONTACTS_METRICS_PORT", free_port()))
+        self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
-        environment = {**clean, **env, "CONTACTS_GRPC_PORT": str(self.port)}
+        environment = {
+            **clean,
+            "CONTACTS_METRICS_PORT": str(self.metrics_port),
+            **env,
+            "CONTACTS_GRPC_PORT": str(self.port),
+        }
         self.log = workdir / f"server-{self.port}.log"
         self.process = spawn(argv, self.log, environment)
         try:
@@ -162,6 +171,15 @@ class Server:
                 total += each.memory_info().rss
         return total
 
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Its /metrics now: value by (sample name, sorted labels)."""
+        text = _local.get(self.metrics_url, timeout=5).text
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+        }
+
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
@@ -172,12 +190,17 @@ class Server:
 class Envoy:
     """A real Envoy in front of a gRPC port; its ports are picked by the kernel."""
 
-    def __init__(self, grpc_port: int, workdir: Path) -> None:
+    def __init__(self, grpc_port: int, workdir: Path, log_format: str = "text") -> None:
         config = workdir / f"envoy-{grpc_port}.yaml"
-        config.write_text(stack.render_envoy_config(grpc_port, 0, 0, http_address="127.0.0.1"))
+        config.write_text(
+            stack.render_envoy_config(
+                grpc_port, 0, 0, http_address="127.0.0.1", log_format=log_format
+            )
+        )
         admin_file = workdir / f"envoy-{grpc_port}-admin-address"
         command = stack.envoy_command(config, admin_address_path=admin_file)
-        self.process = spawn(command, workdir / f"envoy-{grpc_port}.log")
+        self.log = workdir / f"envoy-{grpc_port}.log"
+        self.process = spawn(command, self.log)
         try:
             self.admin = "http://" + wait_for(
                 lambda: admin_file.exists() and admin_file.read_text().strip(),

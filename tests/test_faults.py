@@ -91,13 +91,13 @@ def private_postgres() -> Iterator[PrivatePostgres]:
 
 
 @pytest.fixture
-def server_on(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[int]:
+def server_on(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[Server]:
     env = {
         "CONTACTS_DATABASE_URL": private_postgres.url,
         "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
     }
     server = Server(env, tmp_path)
-    yield server.port
+    yield server
     server.stop()
 
 
@@ -107,10 +107,10 @@ def health(channel: grpc.Channel) -> int:
 
 
 def test_outage_is_503_at_once_and_recovers_without_restart(
-    private_postgres: PrivatePostgres, server_on: int, tmp_path: Path
+    private_postgres: PrivatePostgres, server_on: Server, tmp_path: Path
 ) -> None:
-    envoy = Envoy(server_on, tmp_path)
-    channel = grpc.insecure_channel(f"127.0.0.1:{server_on}")
+    envoy = Envoy(server_on.port, tmp_path)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server_on.port}")
     stub = contacts_pb2_grpc.ContactsServiceStub(channel)
     rest = requests.Session()
     base = envoy.url
@@ -138,6 +138,16 @@ def test_outage_is_503_at_once_and_recovers_without_restart(
             lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
             what="health to say NOT_SERVING",
         )
+        # The log names the cause, once for the outage and on each failed call's line.
+        log = server_on.log.read_text()
+        assert log.count("ERROR server.app database unreachable: ") == 1
+        assert "Connection refused" in log.split("database unreachable: ")[1].splitlines()[0]
+        failed = [line for line in log.splitlines() if "code=UNAVAILABLE" in line]
+        assert len(failed) == 3 and all(" WARNING " in ln and " cause=" in ln for ln in failed)
+        assert "Traceback" not in log
+        metrics = server_on.metrics()
+        assert metrics[("contacts_database_errors_total", ())] >= 4  # the calls and a probe
+        assert metrics[("contacts_health_serving", ())] == 0
 
         private_postgres.start()
 

@@ -35,6 +35,7 @@ class Stack:
             "CONTACTS_GRPC_PORT": free_port(),
             "CONTACTS_HTTP_PORT": free_port(),
             "CONTACTS_ENVOY_ADMIN_PORT": free_port(),
+            "CONTACTS_METRICS_PORT": free_port(),
         }
         self.env = stack_env(tmp_path, **{k: str(v) for k, v in self.ports.items()}, **env)
         self.url = f"http://127.0.0.1:{self.ports['CONTACTS_HTTP_PORT']}"
