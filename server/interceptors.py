@@ -156,9 +156,14 @@ class ErrorInterceptor(AsyncServerInterceptor):
             await self._abort(InternalError(), context)
         metadata = reply.gathered()
         if _is_rest(context):
+            # Envoy makes REST response headers of initial metadata only.
             metadata += self._replies.metadata(method_name)
-        if metadata:
-            await context.send_initial_metadata(metadata)
+            if metadata:
+                await context.send_initial_metadata(metadata)
+        elif metadata:
+            # A gRPC client gets it with the status: sending initial metadata
+            # on its own costs a batch of its own (~15 % of a GetContact).
+            context.set_trailing_metadata((*(context.trailing_metadata() or ()), *metadata))
         return response
 
     async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:

@@ -78,12 +78,12 @@ def test_grpc_etag_and_if_match(contacts_stub: contacts_pb2_grpc.ContactsService
     contact, call = contacts_stub.CreateContact.with_call(
         pb.CreateContactRequest(first_name="G", email="g@x.io")
     )
-    tag = dict(call.initial_metadata())["etag"]
+    tag = dict(call.trailing_metadata())["etag"]
     _, call = contacts_stub.GetContact.with_call(pb.GetContactRequest(contact_id=contact.id))
-    assert dict(call.initial_metadata())["etag"] == tag
+    assert dict(call.trailing_metadata())["etag"] == tag
     change = pb.UpdateContactRequest(contact_id=contact.id, phone="1")
     _, call = contacts_stub.UpdateContact.with_call(change, metadata=(("if-match", tag),))
-    assert dict(call.initial_metadata())["etag"] != tag
+    assert dict(call.trailing_metadata())["etag"] != tag
     with pytest.raises(grpc.RpcError) as refused:
         contacts_stub.UpdateContact(change, metadata=(("if-match", tag),))
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]

@@ -140,7 +140,7 @@ def test_grpc_is_limited_the_same_way(limited: App, clock: Clock, tokens: Tokens
             _, call = stub.CreateContact.with_call(
                 pb.CreateContactRequest(first_name="G", email="g@x.io"), metadata=md
             )
-        assert dict(call.initial_metadata())["ratelimit-remaining"] == "0"
+        assert dict(call.trailing_metadata())["ratelimit-remaining"] == "0"
         with pytest.raises(grpc.RpcError) as refused:
             stub.CreateContact(pb.CreateContactRequest(first_name="G", email="g@x.io"), metadata=md)
         error = refused.value
