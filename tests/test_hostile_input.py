@@ -123,3 +123,24 @@ def test_only_canonical_uuids_are_ids(rest: Rest, bad: str) -> None:
     r = rest.get(f"/contacts/{bad}")
     assert r.status_code == 400
     assert body(r) == {"detail": "contact_id: must be a UUID"}
+
+
+@pytest.mark.parametrize(
+    "sub", ["nul\x00byte", "lone\ud800surrogate", "bell\x07", "line\nbreak", "c1\x85control"]
+)
+def test_a_sub_with_control_characters_or_a_lone_surrogate_is_401(
+    rest: Rest, settings: Any, sub: str
+) -> None:
+    # Before: NUL and the surrogate were a 500 (the database refused the
+    # text), the others were stored as a company's owner.
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, settings.jwt_secret, "HS256")
+    r = rest.post("/companies", token=token, json={"name": "C"})
+    assert r.status_code == 401
+    assert body(r) == {"detail": "Could not validate credentials"}
+    assert rest.get("/companies", token=token).status_code == 401
+
+
+@pytest.mark.parametrize("exp", [1e300, 2**53, time.time() + 400 * 24 * 3600])
+def test_a_token_that_would_never_expire_is_401(rest: Rest, settings: Any, exp: float) -> None:
+    token = jwt.encode({"sub": "forever", "exp": exp}, settings.jwt_secret, "HS256")
+    assert rest.get("/companies", token=token).status_code == 401
