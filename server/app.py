@@ -127,6 +127,11 @@ class App:
                 reachable = True
             except StoreUnavailable:
                 reachable = False
+            except Exception:
+                # Whatever went wrong, the probe goes on: health must keep
+                # following the database.
+                log.exception("the database probe failed")
+                reachable = False
             if reachable != serving:
                 serving = reachable
                 log.warning("database %s", "reachable again" if reachable else "unreachable")

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
 from server.database import open_database
 from server.errors import Conflict, ContactNotFound, StoreUnavailable, UnknownCompany
@@ -132,7 +132,8 @@ def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[St
                     raise StoreUnavailable() from error
                 if attempt == ATTEMPTS:
                     raise Conflict() from error
-            except peewee.InterfaceError as error:
+            except (peewee.InterfaceError, MaxConnectionsExceeded) as error:
+                # A connection that broke, or none came free in time.
                 raise StoreUnavailable() from error
         raise AssertionError("unreachable")
 
