@@ -3,13 +3,40 @@
 --   * a successful POST answers 201, a successful DELETE 204 with no body;
 --   * a reply message made of one repeated field (ListContactsResponse,
 --     ListCompaniesResponse) reaches the client as the bare JSON array;
---   * a gRPC error becomes {"detail": "<grpc-message>"}.
+--   * a gRPC error becomes {"detail": "<grpc-message>"} when the server wrote
+--     the message for clients, else {"detail": "<what the status means>"};
+--   * a path too long to pass on is refused with 414.
 -- Native gRPC requests (content-type application/grpc...) pass untouched.
 
 local REST = "contacts.rest"
 -- The path a REST request was sent to, for the server to bind path variables
 -- from (a body or query field of the same name must not override them).
 local PATH_HEADER = "x-contacts-rest-path"
+-- The path reaches the server three times (as itself, in PATH_HEADER and in
+-- the transcoder's x-envoy-original-path), on top of up to 8 KiB of headers:
+-- past this length the server's metadata limit would refuse the call.
+local MAX_PATH = 2048
+-- Set by the server (server/interceptors.py) on an error whose grpc-message
+-- is written for clients. Any other message (gRPC core's own, say "received
+-- metadata size exceeds limit") is not passed on.
+local DETAIL_HEADER = "x-contacts-detail"
+-- What a status means, for errors whose message is not for clients; the
+-- texts of Envoy's own replies (envoy.yaml.tmpl) where it has them.
+local REASONS = {
+  ["400"] = "Bad Request",
+  ["401"] = "Unauthorized",
+  ["403"] = "Forbidden",
+  ["404"] = "Not Found",
+  ["408"] = "Request Timeout",
+  ["409"] = "Conflict",
+  ["412"] = "Precondition Failed",
+  ["413"] = "Content Too Large",
+  ["429"] = "Too Many Requests",
+  ["500"] = "Internal server error",
+  ["501"] = "Not Implemented",
+  ["503"] = "Service unavailable",
+  ["504"] = "Gateway Timeout",
+}
 
 -- The transcoder's own rule for what is native gRPC.
 local function is_grpc(content_type)
@@ -38,6 +65,11 @@ function envoy_on_request(handle)
     headers:remove(name)
   end
   local path = headers:get(":path") or ""
+  if #path > MAX_PATH then
+    -- The local reply mapping (envoy.yaml.tmpl) makes it {"detail": ...}.
+    handle:respond({ [":status"] = "414" }, "URI Too Long")
+    return
+  end
   headers:replace(PATH_HEADER, (path:gsub("%?.*$", "")))
   handle:streamInfo():dynamicMetadata():set(REST, "method", headers:get(":method"))
 end
@@ -70,13 +102,19 @@ function envoy_on_response(handle)
   local headers = handle:headers()
   local grpc_status = headers:get("grpc-status")
   local grpc_message = headers:get("grpc-message")
+  local for_clients = headers:get(DETAIL_HEADER) ~= nil
   -- gRPC framing details mean nothing to a REST client.
   headers:remove("grpc-status")
   headers:remove("grpc-message")
   headers:remove("grpc-accept-encoding")
+  headers:remove(DETAIL_HEADER)
 
   if grpc_status ~= nil and grpc_status ~= "0" then
-    local message = percent_decode(grpc_message or "")
+    local status = headers:get(":status") or "500"
+    local message = REASONS[status] or "Error"
+    if for_clients then
+      message = percent_decode(grpc_message or "")
+    end
     headers:replace("content-type", "application/json")
     replace_body(handle, '{"detail":' .. json_string(message) .. "}")
     return

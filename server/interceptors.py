@@ -54,11 +54,27 @@ class _CallDetails(NamedTuple):
     method: str
 
 
+# Marks an error reply whose message was written for clients (Envoy's Lua
+# filter passes only those on as the REST detail, never gRPC core's own).
+CLIENT_DETAIL = ("x-contacts-detail", "1")
+# The codes REST clients see as 5xx: each such reply's cause goes to the log.
+SERVER_FAULTS = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
 class ErrorInterceptor(AsyncServerInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
     Headers go out as trailing metadata of a trailers-only reply, which Envoy
-    passes to REST clients as HTTP headers. A request that cannot be decoded
+    passes to REST clients as HTTP headers; so does CLIENT_DETAIL, which tells
+    Envoy the message is ours to show. A request that cannot be decoded
     (a REST id with bytes that are not UTF-8, say) is INVALID_ARGUMENT here;
     grpcio alone would answer INTERNAL before any interceptor ran.
 
@@ -97,6 +113,7 @@ class ErrorInterceptor(AsyncServerInterceptor):
                 await context.abort(
                     grpc.StatusCode.DEADLINE_EXCEEDED,
                     f"The request was not received within {self._read_timeout:g} s",
+                    (CLIENT_DETAIL,),
                 )
             if request is grpc.aio.EOF:
                 request = UNDECODABLE
@@ -122,17 +139,26 @@ class ErrorInterceptor(AsyncServerInterceptor):
                 raise InvalidField("request", "is not a valid message (text must be UTF-8)")
             return await proceed(method, request, context)
         except GrpcException as error:
-            await self._abort(error, context)
+            await self._abort(error, context, method_name)
         except (grpc.aio.AbortError, asyncio.CancelledError):
             raise
         except Exception:
             log.exception("unexpected error in %s", method_name)
-            await context.abort(grpc.StatusCode.INTERNAL, "Internal server error")
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal server error", (CLIENT_DETAIL,))
 
-    async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:
-        headers = getattr(error, "headers", ())
-        if headers:
-            context.set_trailing_metadata(headers)
+    async def _abort(
+        self, error: GrpcException, context: grpc.aio.ServicerContext, method_name: str
+    ) -> NoReturn:
+        if error.status_code in SERVER_FAULTS:
+            cause = error.__cause__ or error
+            log.warning(
+                "%s answered %s: %s: %s",
+                method_name,
+                error.status_code.name,
+                type(cause).__name__,
+                " ".join(str(cause).split()),
+            )
+        context.set_trailing_metadata((*getattr(error, "headers", ()), CLIENT_DETAIL))
         await context.abort(error.status_code, error.details)
         raise AssertionError("abort returned")  # pragma: no cover
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -100,21 +101,54 @@ def _names_no_row(error: peewee.IntegrityError) -> bool:
     return _sqlstate(error) == "23503" or "FOREIGN KEY constraint failed" in str(error)
 
 
+ONE_PRIMARY_INDEX = "contacts_one_primary_per_company"  # migrations.py
+
+
 def _retryable(error: peewee.DatabaseError) -> bool:
     """A write that lost a race and was rolled back: another attempt will see the winner.
 
-    A unique violation (on PostgreSQL, two promotions that read before either
-    wrote collide on the one-primary index), a deadlock or a serialization
-    failure. Any other integrity error is a bug, not a race.
+    On PostgreSQL: a deadlock, a serialization failure, or two promotions
+    that read before either wrote colliding on the one-primary index. Any
+    other integrity error is a bug or a bad reference, not a race; and
+    SQLite's writers take turns (IMMEDIATE), so they never race.
     """
-    if _sqlstate(error) in ("23505", "40P01", "40001"):
+    code = _sqlstate(error)
+    if code in ("40P01", "40001"):
         return True
-    return isinstance(error, peewee.IntegrityError) and "UNIQUE constraint failed" in str(error)
+    diagnostics = getattr(getattr(error, "orig", None), "diag", None)
+    return code == "23505" and getattr(diagnostics, "constraint_name", None) == ONE_PRIMARY_INDEX
+
+
+# SQLite's primary result codes that mean "cannot get at the file now", not a bug.
+_SQLITE_UNAVAILABLE = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
+# PostgreSQL's SQLSTATE classes of the same kind: connection exception,
+# insufficient resources, operator intervention (shutdown, restart), system error.
+_POSTGRES_UNAVAILABLE = ("08", "53", "57", "58")
+
+
+def _unreachable(error: peewee.DatabaseError) -> bool:
+    """The database could not be reached or could not serve, as opposed to refusing
+    a statement ("no such table" is a bug, and must not read "try again")."""
+    driver_error = getattr(error, "orig", None)
+    if isinstance(driver_error, sqlite3.Error):
+        return (getattr(driver_error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
+    code = _sqlstate(error)
+    # psycopg2 gives no SQLSTATE when the connection itself failed.
+    return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
 
 
 def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[Store, P], R]:
     """One store call: a connection for its duration, a lost race tried again, and
-    database failures turned into domain errors, never a driver error."""
+    database failures turned into domain errors. Anything else (a bug) goes up as
+    it is, for the error interceptor to log and answer INTERNAL."""
 
     @functools.wraps(method)
     def wrapper(store: Store, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -122,16 +156,14 @@ def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[St
             try:
                 with store.connection():
                     return method(store, *args, **kwargs)
-            except peewee.IntegrityError as error:
-                if not _retryable(error):
-                    raise
-                if attempt == ATTEMPTS:
-                    raise Conflict() from error
-            except peewee.OperationalError as error:
-                if not _retryable(error):
+            except peewee.DatabaseError as error:
+                if _retryable(error):
+                    if attempt == ATTEMPTS:
+                        raise Conflict() from error
+                    continue
+                if isinstance(error, peewee.OperationalError) and _unreachable(error):
                     raise StoreUnavailable() from error
-                if attempt == ATTEMPTS:
-                    raise Conflict() from error
+                raise
             except (peewee.InterfaceError, MaxConnectionsExceeded) as error:
                 # A connection that broke, or none came free in time.
                 raise StoreUnavailable() from error

@@ -149,6 +149,11 @@ def test_outage_is_503_at_once_and_recovers_without_restart(
             lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
             what="health to say NOT_SERVING",
         )
+        # Each 5xx is logged with its cause.
+        wait_for(
+            lambda: "GetContact answered UNAVAILABLE: " in server_on.log.read_text(),
+            what="the cause in the log",
+        )
 
         private_postgres.start()
 

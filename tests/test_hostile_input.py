@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -144,3 +146,24 @@ def test_a_sub_with_control_characters_or_a_lone_surrogate_is_401(
 def test_a_token_that_would_never_expire_is_401(rest: Rest, settings: Any, exp: float) -> None:
     token = jwt.encode({"sub": "forever", "exp": exp}, settings.jwt_secret, "HS256")
     assert rest.get("/companies", token=token).status_code == 401
+
+
+@pytest.mark.parametrize("length", [2100, 4096, 6144, 7900])
+def test_an_over_long_path_is_414_at_envoy(rest: Rest, length: int) -> None:
+    # 4-8 KiB paths used to overflow gRPC's metadata limit (copied into two
+    # headers) and came back as 429s naming internal headers.
+    path = "/contacts?company_id=" + "a" * (length - len("/contacts?company_id="))
+    r = rest.get(path)
+    assert r.status_code == 414
+    assert body(r) == {"detail": "URI Too Long"}
+
+
+def test_a_transfer_encoding_envoy_refuses_is_501_saying_so(envoy: Envoy) -> None:
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=10) as s:
+        s.sendall(
+            b"POST /contacts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n"
+            b"Content-Type: application/json\r\n\r\n0\r\n\r\n"
+        )
+        head, _, rest_of_it = s.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501 ")
+    assert json.loads(rest_of_it) == {"detail": "Not Implemented"}
