@@ -89,15 +89,24 @@ class Contacts(pb_grpc.ContactsServiceServicer):
     ) -> pb.Contact:
         contact_id = parse_uuid(request.contact_id, "contact_id")
         changes = contact_fields(request, partial=True)
-        if "company" in changes:
-            # Updating is public, but moving a contact between companies would
-            # hand it to another owner: that takes owning both ends.
-            who = authenticated()
-            await self._require_contact_owner(who, await self._contact(contact_id))
+        if "company" not in changes:
+            return contact_message(
+                await self.db.write(self.store.update_contact, contact_id, changes)
+            )
+        # Updating is public, but moving a contact between companies would
+        # hand it to another owner: that takes owning both ends.
+        who = authenticated()
+        for _ in range(ATTEMPTS):
+            contact = await self._contact(contact_id)
+            await self._require_contact_owner(who, contact)
             if not who.is_superuser:
-                target = await self.db.company(changes["company"])
-                require_owner(who, target)
-        return contact_message(await self.db.write(self.store.update_contact, contact_id, changes))
+                require_owner(who, await self.db.company(changes["company"]))
+            # Moved only if it is still where the check above found it.
+            company_id = _company_key(contact)
+            moved = await self.db.write(self.store.move_contact, contact_id, changes, company_id)
+            if moved is not None:
+                return contact_message(moved)
+        raise Conflict()
 
     async def DeleteContact(
         self, request: pb.DeleteContactRequest, context: grpc.aio.ServicerContext

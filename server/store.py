@@ -172,6 +172,14 @@ def _unit(method: Callable[Concatenate[Store, P], R]) -> Callable[Concatenate[St
     return wrapper
 
 
+class _Moved(Exception):
+    """The contact no longer belongs to the company the caller was authorised for."""
+
+
+def _belongs_to(company_id: uuid.UUID | None) -> peewee.Expression:
+    return Contact.company.is_null() if company_id is None else Contact.company == company_id
+
+
 class Store:
     """Reads and writes companies and contacts; knows nothing of gRPC.
 
@@ -267,6 +275,28 @@ class Store:
 
     @_unit
     def update_contact(self, contact_id: uuid.UUID, changes: Mapping[str, Any]) -> ContactRow:
+        try:
+            return self._update(contact_id, changes, Contact.id == contact_id)
+        except _Moved:
+            raise ContactNotFound() from None  # deleted since it was read
+
+    @_unit
+    def move_contact(
+        self, contact_id: uuid.UUID, changes: Mapping[str, Any], company_id: uuid.UUID | None
+    ) -> ContactRow | None:
+        """Updates the contact (`changes` holds its new company) if it still belongs to
+        `company_id`, the company the caller was authorised for, checked in the
+        update's own statement; None, with nothing changed, if it has moved since."""
+        try:
+            return self._update(
+                contact_id, changes, (Contact.id == contact_id) & _belongs_to(company_id)
+            )
+        except _Moved:
+            return None
+
+    def _update(
+        self, contact_id: uuid.UUID, changes: Mapping[str, Any], where: peewee.Expression
+    ) -> ContactRow:
         with self.db.atomic():
             contact = self._get_contact(contact_id)
             if "company" in changes:
@@ -276,16 +306,18 @@ class Store:
                 self._demote_primary(company, keep=contact_id)
             # Only the fields the caller set are written, so a concurrent
             # update of other fields is never overwritten with stale values.
-            Contact.update(**changes, updated_at=now()).where(Contact.id == contact_id).execute()
+            if not Contact.update(**changes, updated_at=now()).where(where).execute():
+                # Gone or moved since it was read: the demotion is rolled back.
+                raise _Moved()
             return self._get_contact(contact_id)
 
     @_unit
     def delete_contact(self, contact_id: uuid.UUID, company_id: uuid.UUID | None) -> bool:
         """Deletes the contact if it still belongs to `company_id` (what the caller was
         authorised for); False if it has moved since."""
-        company = Contact.company.is_null() if company_id is None else Contact.company == company_id
         with self.db.atomic():
-            return bool(Contact.delete().where((Contact.id == contact_id) & company).execute())
+            query = Contact.delete().where((Contact.id == contact_id) & _belongs_to(company_id))
+            return bool(query.execute())
 
     @_unit
     def seed_contacts(self, company_id: uuid.UUID, count: int, batch: int = 2000) -> None:

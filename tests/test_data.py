@@ -267,6 +267,28 @@ def test_a_database_made_before_migrations_is_adopted(blank_url: str) -> None:
     db.close()
 
 
+def test_a_move_rechecks_the_company_in_its_own_statement(store: Store) -> None:
+    def company(owner: str) -> uuid.UUID:
+        return uuid.UUID(store.create_company("Co", owner_id=owner).id)
+
+    a, b, c = company("alice"), company("alice"), company("carol")
+    primary_of_b = store.create_contact({"first_name": "P", "email": "p@x.io", "company": b})
+    store.update_contact(uuid.UUID(primary_of_b.id), {"is_primary": True})
+    moving = uuid.UUID(
+        store.create_contact({"first_name": "M", "email": "m@x.io", "company": a}).id
+    )
+    # Alice was allowed to move it while it was in A; it went to Carol's C since.
+    store.update_contact(moving, {"company": c})
+    assert store.move_contact(moving, {"company": b, "is_primary": True}, a) is None
+    after = store.find_contact(moving)
+    assert after is not None and after.company_id == str(c)
+    still = store.find_contact(uuid.UUID(primary_of_b.id))
+    assert still is not None and still.is_primary  # the demotion was rolled back
+    # Where it is now, the move goes through.
+    moved = store.move_contact(moving, {"company": b}, c)
+    assert moved is not None and moved.company_id == str(b)
+
+
 def test_a_broken_schema_is_a_500_with_its_cause_logged_not_try_again(
     blank_url: str, tmp_path: Path
 ) -> None:
