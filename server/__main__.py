@@ -1,4 +1,4 @@
-"""Command line: `python -m server run|serve|migrate|seed|envoy-config|token`."""
+"""Command line: `python -m server run|serve|envoy|migrate|seed|envoy-config|token`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from server import migrations, stack
+from server import migrations, stack, worker
 from server.auth import Tokens
 from server.database import open_database
 from server.settings import Settings, SettingsError
@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--workers", type=int, default=1, help="server processes sharing the gRPC port"
         )
+        # A worker started by the supervisor: its pid, and where to say "serving".
         command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+        command.add_argument("--parent", type=int, help=argparse.SUPPRESS)
+        command.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    commands.add_parser("envoy", help="Envoy alone, in front of CONTACTS_UPSTREAMS")
     config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
     commands.add_parser("migrate", help="bring the database schema to the latest version")
@@ -80,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.command in ("run", "serve") and args.worker:
-            return stack.serve_worker(settings)
+            return worker.serve(settings, args.parent, args.ready_fd)
         if args.command in ("run", "serve"):
             return stack.run(settings, args.workers, envoy=args.command == "run")
+        if args.command == "envoy":
+            return stack.run(settings, workers=0, envoy=True)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

@@ -120,7 +120,7 @@ def health(channel: grpc.Channel) -> int:
 def test_outage_is_503_at_once_and_recovers_without_restart(
     private_postgres: PrivatePostgres, server_on: Server, tmp_path: Path
 ) -> None:
-    envoy = Envoy(server_on.port, tmp_path)
+    envoy = Envoy(server_on.proxy_port, tmp_path)
     channel = grpc.insecure_channel(f"127.0.0.1:{server_on.port}")
     stub = contacts_pb2_grpc.ContactsServiceStub(channel)
     rest = requests.Session()

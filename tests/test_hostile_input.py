@@ -158,6 +158,16 @@ def test_an_over_long_path_is_414_at_envoy(rest: Rest, length: int) -> None:
     assert body(r) == {"detail": "URI Too Long"}
 
 
+def test_the_largest_request_envoy_takes_reaches_the_server(rest: Rest) -> None:
+    # The longest path allowed, and headers filling most of Envoy's 8 KiB:
+    # what Envoy adds on top must still fit the server's metadata limit.
+    path = f"/contacts/{uuid.uuid4()}?pad="
+    path += "p" * (2048 - len(path))
+    r = rest.get(path, headers={"x-pad": "h" * 5800})
+    assert r.status_code == 404, r.text
+    assert body(r) == {"detail": "Contact not found"}
+
+
 def test_a_transfer_encoding_envoy_refuses_is_501_saying_so(envoy: Envoy) -> None:
     with socket.create_connection(("127.0.0.1", envoy.port), timeout=10) as s:
         s.sendall(

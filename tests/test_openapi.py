@@ -52,7 +52,7 @@ def limited_stack(settings: Settings, store: Store, workdir: Path, limit: int) -
     limits_on = dataclasses.replace(settings, rate_limit_create=limit, rate_limit_default=limit)
     app = create_app(limits_on, store, host="127.0.0.1")
     app.start()
-    proxy = Envoy(app.port, workdir)
+    proxy = Envoy(app.proxy_port, workdir)
     try:
         # Ready once a health check (never limited) makes the round trip.
         with grpc.insecure_channel(f"127.0.0.1:{proxy.port}") as channel:

@@ -154,3 +154,15 @@ def test_two_workers_share_one_port_and_one_allowance(tmp_path: Path) -> None:
         assert codes == [201] * 60 + [429] * 10
     finally:
         stack.stop()
+
+
+def test_upstreams_are_host_port_pairs() -> None:
+    secret = {"CONTACTS_JWT_SECRET": "s" * 32}
+    settings = Settings.from_env(
+        {**secret, "CONTACTS_UPSTREAMS": "10.0.0.5:50052, contacts.svc:7000,[fd00::1]:50052"}
+    )
+    assert settings.upstreams == (("10.0.0.5", 50052), ("contacts.svc", 7000), ("fd00::1", 50052))
+    assert Settings.from_env(secret).upstreams == ()  # Envoy then goes to this host's server
+    for bad in ("no-port", "host:http", "host:99999", "user@host:1"):
+        with pytest.raises(SettingsError, match="CONTACTS_UPSTREAMS"):
+            Settings.from_env({**secret, "CONTACTS_UPSTREAMS": bad})

@@ -222,3 +222,23 @@ def test_calls_in_flight_are_bounded(strict: App) -> None:
             return False
 
         wait_for(not_found, timeout=PATIENCE, what="the server to serve again")
+
+
+def test_grpc_cores_own_messages_never_reach_rest_clients(
+    strict: App, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    envoy = Envoy(strict.proxy_port, tmp_path_factory.mktemp("envoy-strict"))
+    try:
+        envoy.wait_upstream()
+        # Every call slot of Envoy's door held: gRPC refuses the next call
+        # itself, with a message of its own ("Concurrent RPC limit exceeded!").
+        stalled = StalledStreams(strict.proxy_port, 16, partial=False)
+        try:
+            r = Rest(envoy.url).get(f"/contacts/{uuid.uuid4()}")
+        finally:
+            stalled.close()
+        assert r.status_code == 429
+        assert r.json() == {"detail": "Too Many Requests"}
+        assert not [h for h in r.headers if h.lower().startswith(("grpc-", "x-contacts"))]
+    finally:
+        envoy.stop()
