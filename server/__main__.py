@@ -47,7 +47,11 @@ def seed(settings: Settings, contacts: int, owner: str) -> int:
 
 
 def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
-    print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
+    try:
+        print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
+    except ValueError as error:
+        print(f"--lifetime: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
