@@ -50,7 +50,7 @@ def test_a_burst_of_signals_still_stops_everything(env: dict[str, str], tmp_path
 
 
 def test_sigterm_drains_then_stops(env: dict[str, str], tmp_path: Path) -> None:
-    drain = 6
+    drain = 10  # long enough to look during it, on a slow machine too
     server = Server({**env, "CONTACTS_DRAIN_SECONDS": str(drain)}, tmp_path)
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
