@@ -78,7 +78,8 @@ def started(
     with ExitStack() as cleanup:
         server = Server(env, run.workdir, workers, command)
         cleanup.callback(server.stop)
-        envoy = Envoy(server.port, run.workdir)
+        # Our server has a door for Envoy; the baseline only its gRPC port.
+        envoy = Envoy(server.proxy_port if command == SERVE else server.port, run.workdir)
         cleanup.callback(envoy.stop)
         envoy.wait_upstream()
         client = Client(server.port, envoy.url, run.token)

@@ -5,10 +5,13 @@
 -- this filter holds no table of RPCs and never guesses from a body's shape:
 --   * x-contacts-reply: created -> 201; no-content -> 204 with no body;
 --     list -> the reply's one repeated field as the bare JSON array;
---   * a gRPC error becomes {"detail": "<grpc-message>"}, with the HTTP status
---     in x-contacts-status when the transcoder's mapping of the gRPC code is
---     not the one the proto gives (412, 422); google.rpc details
---     (grpc-status-details-bin) are for gRPC clients only.
+--   * a gRPC error becomes {"detail": "<grpc-message>"} when the server wrote
+--     the message for clients (x-contacts-detail), else {"detail": "<what the
+--     status means>"}, with the HTTP status in x-contacts-status when the
+--     transcoder's mapping of the gRPC code is not the one the proto gives
+--     (412, 422); google.rpc details (grpc-status-details-bin) are for gRPC
+--     clients only;
+--   * a path too long to pass on is refused with 414.
 -- On the way in, it tells the server the REST path and which top-level JSON
 -- fields the body sent: the transcoder drops null members, and a PATCH with
 -- {"phone": null} must clear the phone.
@@ -22,6 +25,31 @@ local PATH_HEADER = "x-contacts-rest-path"
 local FIELDS_HEADER = "x-contacts-fields"
 local REPLY_HEADER = "x-contacts-reply"
 local STATUS_HEADER = "x-contacts-status"
+-- The path reaches the server three times (as itself, in PATH_HEADER and in
+-- the transcoder's x-envoy-original-path), on top of up to 8 KiB of headers:
+-- past this length the server's metadata limit would refuse the call.
+local MAX_PATH = 2048
+-- Set by the server (server/interceptors.py) on an error whose grpc-message
+-- is written for clients. Any other message (gRPC core's own, say "received
+-- metadata size exceeds limit") is not passed on.
+local DETAIL_HEADER = "x-contacts-detail"
+-- What a status means, for errors whose message is not for clients; the
+-- texts of Envoy's own replies (envoy.yaml.tmpl) where it has them.
+local REASONS = {
+  ["400"] = "Bad Request",
+  ["401"] = "Unauthorized",
+  ["403"] = "Forbidden",
+  ["404"] = "Not Found",
+  ["408"] = "Request Timeout",
+  ["409"] = "Conflict",
+  ["412"] = "Precondition Failed",
+  ["413"] = "Content Too Large",
+  ["429"] = "Too Many Requests",
+  ["500"] = "Internal server error",
+  ["501"] = "Not Implemented",
+  ["503"] = "Service unavailable",
+  ["504"] = "Gateway Timeout",
+}
 
 -- The transcoder's own rule for what is native gRPC.
 local function is_grpc(content_type)
@@ -98,6 +126,11 @@ function envoy_on_request(handle)
     headers:remove(name)
   end
   local path = headers:get(":path") or ""
+  if #path > MAX_PATH then
+    -- The local reply mapping (envoy.yaml.tmpl) makes it {"detail": ...}.
+    handle:respond({ [":status"] = "414" }, "URI Too Long")
+    return
+  end
   headers:replace(PATH_HEADER, (path:gsub("%?.*$", "")))
   headers:remove(FIELDS_HEADER)
   local method = headers:get(":method")
@@ -142,6 +175,7 @@ function envoy_on_response(handle)
   local grpc_message = headers:get("grpc-message")
   local reply = headers:get(REPLY_HEADER)
   local http_status = headers:get(STATUS_HEADER)
+  local for_clients = headers:get(DETAIL_HEADER) ~= nil
   -- gRPC framing details, and what the server said for this filter alone,
   -- mean nothing to a REST client.
   for _, name in ipairs({
@@ -151,14 +185,19 @@ function envoy_on_response(handle)
     "grpc-status-details-bin",
     REPLY_HEADER,
     STATUS_HEADER,
+    DETAIL_HEADER,
   }) do
     headers:remove(name)
   end
 
   if grpc_status ~= nil and grpc_status ~= "0" then
-    local message = percent_decode(grpc_message or "")
     if http_status ~= nil then
       headers:replace(":status", http_status)
+    end
+    local status = headers:get(":status") or "500"
+    local message = REASONS[status] or "Error"
+    if for_clients then
+      message = percent_decode(grpc_message or "")
     end
     headers:replace("content-type", "application/json")
     replace_body(handle, '{"detail":' .. json_string(message) .. "}")

@@ -1,4 +1,4 @@
-"""Command line: `python -m server run|serve|migrate|seed|envoy-config|token`."""
+"""Command line: `python -m server run|serve|envoy|migrate|seed|envoy-config|token`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 import uuid
 
-from server import logs, migrations, stack
+from server import logs, migrations, stack, worker
 from server.auth import Tokens
 from server.database import open_database
 from server.settings import Settings, SettingsError
@@ -47,7 +47,11 @@ def seed(settings: Settings, contacts: int, owner: str) -> int:
 
 
 def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
-    print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
+    try:
+        print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
+    except ValueError as error:
+        print(f"--lifetime: {error}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -59,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--workers", type=int, default=1, help="server processes sharing the gRPC port"
         )
+        # A worker started by the supervisor: its pid, and where to say "serving".
         command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+        command.add_argument("--parent", type=int, help=argparse.SUPPRESS)
+        command.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    commands.add_parser("envoy", help="Envoy alone, in front of CONTACTS_UPSTREAMS")
     config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
     commands.add_parser("migrate", help="bring the database schema to the latest version")
@@ -81,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     try:
         if args.command in ("run", "serve") and args.worker:
-            return stack.serve_worker(settings)
+            return worker.serve(settings, args.parent, args.ready_fd)
         if args.command in ("run", "serve"):
             return stack.run(settings, args.workers, envoy=args.command == "run")
+        if args.command == "envoy":
+            return stack.run(settings, workers=0, envoy=True)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 
@@ -37,6 +38,7 @@ log = logging.getLogger(__name__)
 
 MAX_STREAMS_PER_CONNECTION = 128
 MAX_REQUEST_BYTES = 1 << 20  # as Envoy allows a REST body; no request needs more
+MAX_METADATA_BYTES = 16 << 10
 
 SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.values())
 
@@ -67,25 +69,35 @@ class App:
         self.reuse_port = reuse_port
         self.probe_interval = probe_interval
         self.port = 0
+        self.proxy_port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Event | None = None
 
     def start(self) -> None:
-        ready: concurrent.futures.Future[int] = concurrent.futures.Future()
+        ready: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
         self._thread = threading.Thread(
             target=lambda: uvloop.run(self._serve(ready)), name="grpc-loop", daemon=True
         )
         self._thread.start()
-        self.port = ready.result()
+        self.port, self.proxy_port = ready.result()
+
+    def drain(self) -> None:
+        """Health says NOT_SERVING from now on (whatever the database probe finds), and
+        calls are still served: Envoy's health checks see it and send elsewhere."""
+        if self._loop is not None:
+            coroutine = self._health.enter_graceful_shutdown()
+            asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
     def stop(self, grace: float = 5.0) -> None:
+        """Stops accepting calls, gives those in flight `grace` seconds, and returns
+        when the server is gone."""
         if self._loop is None or self._thread is None:
             return
         asyncio.run_coroutine_threadsafe(self._shutdown(grace), self._loop).result()
         self._thread.join()
 
-    async def _serve(self, ready: concurrent.futures.Future[int]) -> None:
+    async def _serve(self, ready: concurrent.futures.Future[tuple[int, int]]) -> None:
         self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
         try:
@@ -93,16 +105,33 @@ class App:
                 self.store, self.settings.threads, self.settings.database_url
             )
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
-            server, health_servicer, port = build_server(
-                self.settings, self.store, offload, self.host, buckets, self.reuse_port
-            )
+            health_servicer = health_aio.HealthServicer()
+            # Two doors to the same service: the gRPC port, where no peer may
+            # speak for another client, and Envoy's, where trusted proxies may.
+            servers = []
+            for port, trusted in (
+                (self.settings.grpc_port, ()),
+                (self.settings.proxy_port, self.settings.trusted_proxies),
+            ):
+                servers.append(
+                    build_server(
+                        dataclasses.replace(self.settings, grpc_port=port, trusted_proxies=trusted),
+                        self.store,
+                        offload,
+                        self.host,
+                        buckets,
+                        self.reuse_port,
+                        health_servicer,
+                    )
+                )
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
-            await server.start()
+            for server, _ in servers:
+                await server.start()
         except BaseException as error:
             ready.set_exception(error)
             return
-        self._server, self._health = server, health_servicer
-        ready.set_result(port)
+        self._servers, self._health = [server for server, _ in servers], health_servicer
+        ready.set_result((servers[0][1], servers[1][1]))
         probe = asyncio.create_task(self._watch_database(offload))
         await self._finished.wait()
         probe.cancel()
@@ -113,7 +142,7 @@ class App:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
         await self._health.enter_graceful_shutdown()
         metrics.HEALTH_SERVING.set(0)
-        await self._server.stop(grace)
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
         assert self._finished is not None
         self._finished.set()
 
@@ -133,6 +162,11 @@ class App:
             except StoreUnavailable as error:
                 reachable, cause = False, error.__cause__ or error
                 metrics.DATABASE_ERRORS.inc()
+            except Exception as error:
+                # Whatever went wrong, the probe goes on: health must keep
+                # following the database.
+                log.exception("the database probe failed")
+                reachable, cause = False, error
             metrics.DATABASE_CONNECTIONS_IN_USE.set(metrics.pool_in_use(self.store.db))
             if reachable != serving:
                 serving = reachable
@@ -159,10 +193,12 @@ def build_server(
     host: str,
     buckets: Buckets,
     reuse_port: bool,
-) -> tuple[grpc.aio.Server, health_aio.HealthServicer, int]:
+    health_servicer: health_aio.HealthServicer,
+) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
+    The client-address header is believed from settings.trusted_proxies only.
     """
     policies = Policies()
     tokens = Tokens(settings.jwt_secret)
@@ -190,11 +226,13 @@ def build_server(
             ("grpc.so_reuseport", int(reuse_port)),
             ("grpc.max_concurrent_streams", MAX_STREAMS_PER_CONNECTION),
             ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+            # Whatever Envoy lets through (8 KiB of headers, a path copied
+            # into two more) must fit, or gRPC core refuses the call itself.
+            ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ],
     )
     contacts_pb2_grpc.add_ContactsServiceServicer_to_server(Contacts(store, offload), server)
     contacts_pb2_grpc.add_CompaniesServiceServicer_to_server(Companies(store, offload), server)
-    health_servicer = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -202,7 +240,7 @@ def build_server(
     port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
     if port == 0:
         raise OSError(f"cannot listen on gRPC port {settings.grpc_port}")
-    return server, health_servicer, port
+    return server, port
 
 
 def create_app(

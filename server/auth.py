@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+import unicodedata
 from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,6 +19,13 @@ ALGORITHM = "HS256"
 # by this service alone, on one clock, so no skew needs forgiving.
 LEEWAY_SECONDS = 0
 MAX_SUB_LENGTH = 255  # companies.owner_id holds it
+# A token that never expires is a password that cannot be changed: an exp
+# further ahead than this is refused (1e300 would otherwise be accepted).
+MAX_LIFETIME_SECONDS = 366 * 24 * 3600
+# A sub is stored as an owner and keys a rate-limit bucket: control
+# characters (NUL among them) and lone surrogates have no place there, and
+# the database refuses the last two outright.
+_REFUSED_IN_SUB = ("Cc", "Cs")
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class Tokens:
         self._decode = functools.lru_cache(maxsize=remembered)(self._decode_once)
 
     def issue(self, sub: str, superuser: bool = False, lifetime: int = 3600) -> str:
+        if not 0 < lifetime <= MAX_LIFETIME_SECONDS:
+            raise ValueError(f"a token lives at most {MAX_LIFETIME_SECONDS} seconds")
         claims: dict[str, object] = {"sub": sub, "exp": int(time.time()) + lifetime}
         if superuser:
             claims["is_superuser"] = True
@@ -132,6 +142,10 @@ class Tokens:
         sub, expires = claims["sub"], claims["exp"]
         if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
             raise InvalidToken()
+        if any(unicodedata.category(c) in _REFUSED_IN_SUB for c in sub):
+            raise InvalidToken()
         if not isinstance(expires, int | float) or isinstance(expires, bool):
+            raise InvalidToken()
+        if expires > time.time() + MAX_LIFETIME_SECONDS:
             raise InvalidToken()
         return Caller(sub=sub, is_superuser=claims.get("is_superuser") is True), float(expires)

@@ -12,8 +12,12 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import peewee
+import psycopg2.extensions
 from playhouse.db_url import connect
 from playhouse.pool import PooledPostgresqlDatabase
+
+CONNECT_SECONDS = 3
+POOL_WAIT_SECONDS = 2  # whole seconds: peewee's pool takes no fraction
 
 
 def use_wal(path: str, attempts: int = 100) -> None:
@@ -50,15 +54,24 @@ def open_database(url: str, max_connections: int) -> peewee.Database:
             pragmas={"busy_timeout": 10_000, "foreign_keys": 1, "synchronous": "normal"},
         )
     if scheme in ("postgres", "postgresql"):
-        parsed = urlparse(url)
+        parameters = postgres_parameters(url)
         return PooledPostgresqlDatabase(
-            parsed.path.lstrip("/"),
-            host=parsed.hostname,
-            port=parsed.port,
-            user=parsed.username,
-            password=parsed.password,
+            parameters.pop("dbname", ""),
             max_connections=max_connections,
             stale_timeout=300,
-            connect_timeout=3,
+            # A call that finds every connection checked out waits this long
+            # for one (peewee would refuse at once), then is UNAVAILABLE.
+            timeout=POOL_WAIT_SECONDS,
+            **parameters,
         )
     return connect(url)
+
+
+def postgres_parameters(url: str) -> dict[str, str]:
+    """libpq's own reading of a PostgreSQL URL: every part percent-decoded, and every
+    query option (sslmode, options, target_session_attrs...) kept. (playhouse's
+    db_url leaves a percent-encoded password encoded unless told, and guesses
+    types for the query options.)"""
+    parameters: dict[str, str] = psycopg2.extensions.parse_dsn(url)
+    parameters.setdefault("connect_timeout", str(CONNECT_SECONDS))
+    return parameters

@@ -67,6 +67,11 @@ class _CallDetails(NamedTuple):
     method: str
 
 
+# Marks an error reply whose message was written for clients (Envoy's Lua
+# filter passes only those on as the REST detail, never gRPC core's own).
+CLIENT_DETAIL = ("x-contacts-detail", "1")
+
+
 class ErrorInterceptor(AsyncServerInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
@@ -76,7 +81,8 @@ class ErrorInterceptor(AsyncServerInterceptor):
     Envoy passes either to REST clients as HTTP headers. A REST call also
     learns its reply kind, or its error's HTTP status, from the proto
     (server/rest.py). It records the call's deadline for the store
-    (server/deadlines.py). A request that cannot be decoded
+    (server/deadlines.py). Every error it sends carries CLIENT_DETAIL, which tells
+    Envoy the message is ours to show. A request that cannot be decoded
     (a REST id with bytes that are not UTF-8, say) is INVALID_ARGUMENT here;
     grpcio alone would answer INTERNAL before any interceptor ran.
 
@@ -152,8 +158,9 @@ class ErrorInterceptor(AsyncServerInterceptor):
             raise
         except Exception as error:
             log.exception("unexpected error in %s", method_name)
-            calls.note_cause(error)
-            await self._abort(InternalError(), context)
+            internal = InternalError()
+            internal.__cause__ = error
+            await self._abort(internal, context)
         metadata = reply.gathered()
         if _is_rest(context):
             # Envoy makes REST response headers of initial metadata only.
@@ -169,12 +176,14 @@ class ErrorInterceptor(AsyncServerInterceptor):
     async def _abort(self, error: GrpcException, context: grpc.aio.ServicerContext) -> NoReturn:
         if isinstance(error, StoreUnavailable):
             metrics.DATABASE_ERRORS.inc()
+        if error.status_code in calls.SERVER_FAULTS:  # named on the call's log line
             calls.note_cause(error.__cause__ or error)
         # After what is there already (the request id).
         metadata = (
             *(context.trailing_metadata() or ()),
             *reply.gathered(),
             *getattr(error, "headers", ()),
+            CLIENT_DETAIL,
         )
         failure = getattr(error, "failure", None)
         if failure is not None and _is_rest(context):

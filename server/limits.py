@@ -20,7 +20,7 @@ from typing import Protocol
 import redis
 import redis.asyncio
 
-from server.metrics import REDIS_ERRORS
+from server.metrics import REDIS_ERRORS, REDIS_SKIPPED
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,7 @@ WINDOW = 60.0  # seconds: a bucket holds one minute's allowance
 EPSILON = 1e-9  # float slack, so that exactly a full bucket is not refused
 MAX_REDIS_CONNECTIONS = 16  # per process
 REDIS_TIMEOUT = 0.25  # seconds; past it the call passes unlimited
+SKIP_AFTER_FAILURE = 5.0  # seconds Redis is not asked after it failed a call
 MAX_BUCKETS = 10_000  # per process: ~2 MB; beyond it the least recently used go first
 
 
@@ -125,11 +126,19 @@ class RedisBuckets:
     """Buckets shared by every process that points at the same Redis.
 
     When Redis cannot be reached the service fails open (it keeps serving,
-    unlimited), says so once per interval, and uses Redis again as soon as it
-    answers.
+    unlimited) and says so once per interval. After a failure Redis is not
+    asked at all for `skip_for` seconds (a circuit breaker: otherwise every
+    call would wait out the timeout first); then the next calls ask again,
+    and limits hold again as soon as it answers.
     """
 
-    def __init__(self, url: str, complain_every: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        complain_every: float = 30.0,
+        skip_for: float = SKIP_AFTER_FAILURE,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         # A bounded pool whose callers wait their turn: one connection per
         # call in flight would open hundreds under load.
         pool = redis.asyncio.BlockingConnectionPool.from_url(
@@ -145,8 +154,15 @@ class RedisBuckets:
         self._take = self._redis.register_script(_TAKE)
         self._complain_every = complain_every
         self._complained_at = -math.inf
+        self._skip_for = skip_for
+        self._clock = clock
+        self._skip_until = -math.inf
+        self._failing = False
 
     async def take(self, key: str, limit: int) -> Verdict:
+        if self._clock() < self._skip_until:
+            REDIS_SKIPPED.inc()
+            return Verdict(True, limit, limit, 0.0, 0.0)
         interval = WINDOW / limit
         try:
             ahead = float(
@@ -154,11 +170,21 @@ class RedisBuckets:
             )
         except redis.RedisError as error:
             REDIS_ERRORS.inc()
-            now = time.monotonic()
+            now = self._clock()
+            self._skip_until = now + self._skip_for
+            self._failing = True
             if now - self._complained_at >= self._complain_every:
                 self._complained_at = now
-                log.error("rate limits are off until Redis answers again: %s", error)
+                log.error(
+                    "rate limits are off until Redis answers again: %s; "
+                    "not asking it for %g s after each failure",
+                    error,
+                    self._skip_for,
+                )
             return Verdict(True, limit, limit, 0.0, 0.0)
+        if self._failing:
+            self._failing = False
+            log.warning("Redis answers again: rate limits are on")
         return judge(limit, ahead)
 
     async def close(self) -> None:

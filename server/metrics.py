@@ -31,6 +31,9 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 disable_created_metrics()  # *_created series: noise next to counters that start at 0
 
+# The variable that puts prometheus_client in multiprocess mode, naming where a
+# worker writes its figures (set by the supervisor in each worker's environment).
+MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 GRPC_LABELS = ("grpc_type", "grpc_service", "grpc_method")
 
 STARTED = Counter("grpc_server_started_total", "RPCs started on the server.", GRPC_LABELS)
@@ -56,6 +59,10 @@ DATABASE_ERRORS = Counter(
 )
 REDIS_ERRORS = Counter(
     "contacts_redis_errors_total", "Rate-limit takes that failed open because Redis did not answer."
+)
+REDIS_SKIPPED = Counter(
+    "contacts_redis_skipped_total",
+    "Rate-limit takes that did not ask Redis (unlimited) while it was failing (the breaker).",
 )
 DATABASE_CONNECTIONS_IN_USE = Gauge(
     "contacts_database_connections_in_use",

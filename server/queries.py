@@ -163,18 +163,22 @@ class PostgresReads:
     reach the database is StoreUnavailable, as in the store.
     """
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, url: str) -> None:
         self._pool = pool
+        self._url = url
         self._sql = Statements(postgres=True, param=lambda n: f"${n}")
+        self._probe: asyncpg.Connection | None = None
 
     @classmethod
     async def connect(cls, url: str, connections: int) -> PostgresReads:
         pool = await asyncpg.create_pool(
             url, min_size=0, max_size=connections, timeout=CONNECT_SECONDS
         )
-        return cls(pool)
+        return cls(pool, url)
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.terminate()
         await self._pool.close()
 
     async def contact(self, contact_id: uuid.UUID) -> ContactRow | None:
@@ -198,17 +202,30 @@ class PostgresReads:
         return [CompanyRow(*row) for row in rows]
 
     async def ping(self) -> None:
-        await self._fetchrow("SELECT 1")
+        """Whether the database answers, on a connection of the probe's own: a pool
+        busy with calls says nothing about the database."""
+        try:
+            if self._probe is None or self._probe.is_closed():
+                self._probe = await asyncpg.connect(self._url, timeout=CONNECT_SECONDS)
+            await self._probe.fetchval("SELECT 1", timeout=QUERY_SECONDS)
+        except (*UNREACHABLE, asyncpg.PostgresError) as error:
+            if self._probe is not None:
+                self._probe.terminate()
+                self._probe = None
+            raise StoreUnavailable() from error
 
     async def _fetchrow(self, sql: str, *params: Any) -> Any:
         try:
-            return await self._pool.fetchrow(sql, *params, timeout=QUERY_SECONDS)
+            async with self._pool.acquire(timeout=POOL_WAIT_SECONDS) as connection:
+                return await connection.fetchrow(sql, *params, timeout=QUERY_SECONDS)
         except UNREACHABLE as error:
             raise StoreUnavailable() from error
 
     async def _fetch(self, sql: str, *params: Any) -> list[Any]:
         try:
-            return await self._pool.fetch(sql, *params, timeout=QUERY_SECONDS)
+            async with self._pool.acquire(timeout=POOL_WAIT_SECONDS) as connection:
+                rows: list[Any] = await connection.fetch(sql, *params, timeout=QUERY_SECONDS)
+                return rows
         except UNREACHABLE as error:
             raise StoreUnavailable() from error
 
@@ -221,9 +238,13 @@ def _uuid(value: uuid.UUID) -> uuid.UUID:
 
 CONNECT_SECONDS = 3.0
 QUERY_SECONDS = 5.0
+# A call that finds every pooled connection busy waits this long for one,
+# then answers UNAVAILABLE.
+POOL_WAIT_SECONDS = 2.0
 # What "the database cannot be reached" looks like to asyncpg: the socket broke
-# or the answer did not come in time; the server is shutting down or starting
-# up (operator intervention: 57P01, 57P03); or it has no connection to spare.
+# or the answer did not come in time; the server is shutting down, starting up
+# or crashed (operator intervention: 57P01, 57P02, 57P03); or it has no
+# connection to spare.
 UNREACHABLE = (
     asyncpg.PostgresConnectionError,
     asyncpg.exceptions.OperatorInterventionError,

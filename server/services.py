@@ -110,18 +110,27 @@ class Contacts(pb_grpc.ContactsServiceServicer):
         contact_id = parse_uuid(request.contact_id, "contact_id")
         mask = list(request.update_mask.paths) if request.HasField("update_mask") else None
         changes = update_changes(request, mask, sent_fields(context))
-        if "company" in changes:
-            # Updating is public, but moving a contact between companies would
-            # hand it to another owner: that takes owning both ends.
-            who = authenticated()
-            await self._require_contact_owner(who, await self._contact(contact_id))
+        versions = if_match(context)
+        if "company" not in changes:
+            return one_contact(
+                await self.db.write(self.store.update_contact, contact_id, changes, versions)
+            )
+        # Updating is public, but moving a contact between companies would
+        # hand it to another owner: that takes owning both ends.
+        who = authenticated()
+        for _ in range(ATTEMPTS):
+            contact = await self._contact(contact_id)
+            await self._require_contact_owner(who, contact)
             if not who.is_superuser and changes["company"] is not None:
                 target = await self.db.company(changes["company"])
                 require_owner(who, target)
-        versions = if_match(context)
-        return one_contact(
-            await self.db.write(self.store.update_contact, contact_id, changes, versions)
-        )
+            # Moved only if it is still where the check above found it.
+            moved = await self.db.write(
+                self.store.move_contact, contact_id, changes, _company_key(contact), versions
+            )
+            if moved is not None:
+                return one_contact(moved)
+        raise Conflict()
 
     async def DeleteContact(
         self, request: pb.DeleteContactRequest, context: grpc.aio.ServicerContext

@@ -9,6 +9,7 @@ import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,26 @@ def _networks(raw: str) -> Networks:
         raise SettingsError(f"CONTACTS_TRUSTED_PROXIES: {error}") from None
 
 
+Upstreams = tuple[tuple[str, int], ...]
+
+
+def _upstreams(raw: str) -> Upstreams:
+    """`host:port,host:port` ([v6]:port for an IPv6 address), read as URL authorities."""
+    found = []
+    for part in raw.split(","):
+        if not part.strip():
+            continue
+        try:
+            authority = urlsplit(f"//{part.strip()}")
+            host, port = authority.hostname, authority.port
+        except ValueError as error:
+            raise SettingsError(f"CONTACTS_UPSTREAMS: {part.strip()!r}: {error}") from None
+        if not host or port is None or authority.path or authority.username:
+            raise SettingsError(f"CONTACTS_UPSTREAMS: {part.strip()!r} is not host:port")
+        found.append((host, port))
+    return tuple(found)
+
+
 def local_secret(data_dir: Path = DATA_DIR) -> str:
     """The local-run JWT secret: made once, kept 0600 in the data folder."""
     path = data_dir / "jwt-secret"
@@ -73,6 +94,9 @@ LOOPBACK_NETWORKS = _networks(LOOPBACK)
 @dataclass(frozen=True)
 class Settings:
     grpc_port: int = 50051
+    # Envoy's door into the server: the client-address header is believed
+    # only on this port, and only from trusted_proxies.
+    proxy_port: int = 50052
     http_port: int = 8080
     envoy_admin_port: int = 9901
     database_url: str = f"sqlite:///{DATA_DIR / 'contacts.db'}"
@@ -88,6 +112,11 @@ class Settings:
     log_format: str = "text"  # or "json": one object per line (the server's and Envoy's)
     log_level: str = "info"  # "warning" drops the line per call
     metrics_port: int = 9464  # Prometheus /metrics (all interfaces); 0: no metrics at all
+    # After SIGTERM: seconds a server keeps serving while its health says
+    # NOT_SERVING, so that Envoy's health checks see it before it goes.
+    drain_seconds: float = 5.0
+    # The servers `python -m server envoy` sends to; empty: this host's proxy port.
+    upstreams: Upstreams = ()
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -99,6 +128,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         return cls(
             grpc_port=_int(env, "CONTACTS_GRPC_PORT", cls.grpc_port),
+            proxy_port=_int(env, "CONTACTS_PROXY_PORT", cls.proxy_port),
             http_port=_int(env, "CONTACTS_HTTP_PORT", cls.http_port),
             envoy_admin_port=_int(env, "CONTACTS_ENVOY_ADMIN_PORT", cls.envoy_admin_port),
             database_url=env.get("CONTACTS_DATABASE_URL") or cls.database_url,
@@ -113,4 +143,6 @@ class Settings:
             log_format=_choice(env, "CONTACTS_LOG_FORMAT", cls.log_format, LOG_FORMATS),
             log_level=_choice(env, "CONTACTS_LOG_LEVEL", cls.log_level, LOG_LEVELS),
             metrics_port=_int(env, "CONTACTS_METRICS_PORT", cls.metrics_port),
+            drain_seconds=_int(env, "CONTACTS_DRAIN_SECONDS", int(cls.drain_seconds)),
+            upstreams=_upstreams(env.get("CONTACTS_UPSTREAMS", "")),
         )

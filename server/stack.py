@@ -1,33 +1,35 @@
-"""Running the service: the gRPC server (one process, or several workers on one
-port) and, for `make run`, Envoy beside it; stopped cleanly on SIGINT/SIGTERM."""
+"""Running the service: the supervisor (server/supervisor.py) with its worker
+processes and, for `make run` and `python -m server envoy`, Envoy in front,
+its config rendered from envoy/envoy.yaml.tmpl."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
-import os
+import re
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
-import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from string import Template
 
-from prometheus_client.multiprocess import mark_process_dead
+from google.api import annotations_pb2
+from google.protobuf.descriptor import FileDescriptor
 
+from contacts.options.v1 import options_pb2
+from contacts.v1 import contacts_pb2
 from server import metrics
-from server.app import create_app
-from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError
-from server.store import Store
+from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
+from server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
 ENVOY_DIR = PROJECT_ROOT / "envoy"
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 DESCRIPTOR = PROJECT_ROOT / "gen" / "contacts.pb"
 OPENAPI = PROJECT_ROOT / "gen" / "openapi.json"
 SWAGGER_UI = PROJECT_ROOT / "node_modules" / "swagger-ui-dist"  # package.json
@@ -71,16 +73,54 @@ ACCESS_LOG_FORMATS = {  # YAML flow mappings (JSON is YAML)
 }
 
 
+def resendable(
+    files: Iterable[FileDescriptor] = (contacts_pb2.DESCRIPTOR,),
+) -> tuple[list[str], list[str]]:
+    """The gRPC paths of reads (the HTTP rule is a GET) and of creates (the REST reply
+    is 201 Created): what Envoy may send again after a connection failure, reads
+    always, creates when they carry an Idempotency-Key."""
+    reads, creates = [], []
+    for file in files:
+        for service in file.services_by_name.values():
+            for method in service.methods:
+                options = method.GetOptions()
+                path = f"/{service.full_name}/{method.name}"
+                if options.Extensions[annotations_pb2.http].WhichOneof("pattern") == "get":
+                    reads.append(path)
+                elif options.Extensions[options_pb2.rest].reply == options_pb2.REPLY_CREATED:
+                    creates.append(path)
+    return reads, creates
+
+
+def _any_of(paths: list[str]) -> str:
+    """A regex (RE2) matching exactly these paths, as a YAML (JSON) string."""
+    return json.dumps("|".join(re.escape(path) for path in paths))
+
+
+def _endpoints(upstreams: Upstreams) -> str:
+    """Envoy's lb_endpoints for host:port pairs, as a YAML (JSON) flow list."""
+    return json.dumps(
+        [
+            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
+            for host, port in upstreams
+        ]
+    )
+
+
 def render_envoy_config(
-    grpc_port: int,
+    upstreams: Upstreams,
     http_port: int,
     admin_port: int,
     http_address: str = "0.0.0.0",
     log_format: str = "text",
 ) -> str:
+    """Envoy in front of the servers at `upstreams` (their proxy ports)."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
+    reads, creates = resendable()
     return template.substitute(
-        grpc_port=grpc_port,
+        upstreams=_endpoints(upstreams),
+        reads=_any_of(reads),
+        creates=_any_of(creates),
         http_port=http_port,
         admin_port=admin_port,
         http_address=http_address,
@@ -93,13 +133,18 @@ def render_envoy_config(
     )
 
 
+def upstreams_of(settings: Settings) -> Upstreams:
+    """CONTACTS_UPSTREAMS, or else this host's own server."""
+    return settings.upstreams or (("127.0.0.1", settings.proxy_port),)
+
+
 def write_envoy_config(settings: Settings) -> Path:
     # One file per HTTP port, so that stacks side by side keep their own.
     path = DATA_DIR / f"envoy-{settings.http_port}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
-            settings.grpc_port,
+            upstreams_of(settings),
             settings.http_port,
             settings.envoy_admin_port,
             log_format=settings.log_format,
@@ -128,29 +173,17 @@ def envoy_command(config: Path, admin_address_path: Path | None = None) -> list[
     return command
 
 
-def start_envoy(config: Path) -> subprocess.Popen[bytes]:
-    # Its own session: a terminal's SIGINT reaches us, and we stop Envoy in order.
-    return subprocess.Popen(envoy_command(config), start_new_session=True)
-
-
-def stop_process(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def check_workers(settings: Settings, workers: int) -> None:
     if workers < 1:
         raise SettingsError("--workers must be at least 1")
-    if workers == 1:
+    if not settings.grpc_port or not settings.proxy_port:
+        raise SettingsError(
+            "CONTACTS_GRPC_PORT and CONTACTS_PROXY_PORT must be fixed ports: every worker, "
+            "and every replacement, listens on the same two"
+        )
+    if workers == 1 or settings.redis_url:
         return
-    if settings.grpc_port == 0:
-        raise SettingsError("--workers needs a fixed CONTACTS_GRPC_PORT for the workers to share")
-    if not settings.redis_url and (settings.rate_limit_create or settings.rate_limit_default):
+    if settings.rate_limit_create or settings.rate_limit_default:
         raise SettingsError(
             f"--workers {workers} with in-memory rate limits would allow {workers} times the "
             "limits, one bucket per process. Set CONTACTS_REDIS_URL (e.g. "
@@ -159,25 +192,64 @@ def check_workers(settings: Settings, workers: int) -> None:
         )
 
 
+def check_free(port: int, host: str = "") -> None:
+    """Refuses a port some process listens on now. The servers share theirs through
+    SO_REUSEPORT (and Envoy its own), so a leftover of an earlier run would
+    otherwise go on answering a share of the traffic, silently."""
+    try:  # every address: IPv6 and IPv4 on one socket, or IPv4 where there is no IPv6
+        probe = socket.socket(socket.AF_INET6 if not host else socket.AF_INET)
+    except OSError:
+        probe = socket.socket(socket.AF_INET)
+    with probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+        wildcard = "::" if probe.family == socket.AF_INET6 else "0.0.0.0"
+        try:
+            probe.bind((host or wildcard, port))
+        except OSError as error:
+            if error.errno != errno.EADDRINUSE:
+                raise
+            raise SettingsError(
+                f"port {port} is in use: is another server (or one left from an earlier run) "
+                "still running?"
+            ) from None
+
+
 def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
-    """Serves until SIGINT/SIGTERM or until a child dies; leaves no process behind.
-
-    One worker serves in this process; several are child processes sharing
-    the gRPC port through SO_REUSEPORT, the kernel spreading connections.
-    """
-    check_workers(settings, workers)
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-
+    """Runs `workers` server processes (none: Envoy alone) and Envoy if asked, under
+    the supervisor, until SIGINT/SIGTERM; leaves no process behind."""
+    command = None
+    ports: list[tuple[int, str]] = []
+    if workers:
+        check_workers(settings, workers)
+        ports += [(settings.grpc_port, ""), (settings.proxy_port, "")]
+    if envoy:
+        config = write_envoy_config(settings)
+        validate_envoy_config(config)
+        command = envoy_command(config)
+        ports += [(settings.http_port, ""), (settings.envoy_admin_port, "127.0.0.1")]
+    for port, host in ports:
+        check_free(port, host)
+    if workers:
+        log.info(
+            "serving gRPC on :%d (Envoy's door :%d) with %d worker process(es)",
+            settings.grpc_port,
+            settings.proxy_port,
+            workers,
+        )
+    if envoy:
+        log.info(
+            "serving REST and gRPC through Envoy on :%d (admin 127.0.0.1:%d), in front of %s",
+            settings.http_port,
+            settings.envoy_admin_port,
+            ", ".join(f"{host}:{port}" for host, port in upstreams_of(settings)),
+        )
     with contextlib.ExitStack() as cleanup:
-        shared = None  # with several workers: the directory their metrics files go to
-        if settings.metrics_port and workers > 1:
+        shared = None  # the directory the workers' metrics files go to
+        if settings.metrics_port and workers:
             shared = cleanup.enter_context(metrics_directory())
-        if settings.metrics_port:
             cleanup.callback(metrics.stop, metrics.serve(settings.metrics_port, shared))
             log.info("serving metrics on :%d/metrics", settings.metrics_port)
-        return _serve(settings, workers, envoy, stop, shared)
+        return Supervisor(settings, workers, command, metrics_dir=shared).run()
 
 
 @contextlib.contextmanager
@@ -189,62 +261,3 @@ def metrics_directory() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def _serve(
-    settings: Settings, workers: int, envoy: bool, stop: threading.Event, shared: Path | None
-) -> int:
-    children: list[subprocess.Popen[bytes]] = []
-    store = app = None
-    try:
-        if workers == 1:
-            store = Store(settings.database_url, max_connections=settings.threads)
-            app = create_app(settings, store)
-            app.start()
-            port = app.port
-        else:
-            command = [sys.executable, "-m", "server", "serve", "--worker"]
-            # prometheus_client reads the variable when a worker first imports it.
-            env = None if shared is None else {**os.environ, MULTIPROC_DIR: str(shared)}
-            children = [
-                subprocess.Popen(command, start_new_session=True, env=env) for _ in range(workers)
-            ]
-            port = settings.grpc_port
-        log.info("serving gRPC on :%d with %d worker process(es)", port, workers)
-        if envoy:
-            config = write_envoy_config(settings)
-            validate_envoy_config(config)
-            children.append(start_envoy(config))
-            log.info(
-                "serving REST and gRPC through Envoy on :%d (admin 127.0.0.1:%d)",
-                settings.http_port,
-                settings.envoy_admin_port,
-            )
-        while not stop.wait(0.5):
-            for child in children:
-                if child.poll() is not None:
-                    log.error("process %d exited (%s); stopping", child.pid, child.returncode)
-                    return 1
-        return 0
-    finally:
-        for child in reversed(children):  # Envoy first: it stops sending work
-            stop_process(child)
-            if shared is not None:  # its live gauges (pool in use, health) go with it
-                mark_process_dead(child.pid, str(shared))
-        if app is not None and store is not None:
-            app.stop()
-            store.close()
-
-
-def serve_worker(settings: Settings) -> int:
-    """One of several worker processes: serves on the shared port until SIGTERM."""
-    stop = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
-    store = Store(settings.database_url, max_connections=settings.threads)
-    app = create_app(settings, store, reuse_port=True)
-    app.start()
-    stop.wait()
-    app.stop()
-    store.close()
-    return 0

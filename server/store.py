@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
 
 import peewee
-from playhouse.pool import PooledPostgresqlDatabase
+from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
 
 from server import deadlines
 from server.database import open_database
@@ -117,16 +118,58 @@ def _names_no_row(error: peewee.IntegrityError) -> bool:
     return _sqlstate(error) == "23503" or "FOREIGN KEY constraint failed" in str(error)
 
 
+ONE_PRIMARY_INDEX = "contacts_one_primary_per_company"  # migrations.py
+
+
 def _retryable(error: peewee.DatabaseError) -> bool:
     """A write that lost a race and was rolled back: another attempt will see the winner.
 
-    A unique violation (on PostgreSQL, two promotions that read before either
-    wrote collide on the one-primary index), a deadlock or a serialization
-    failure. Any other integrity error is a bug, not a race.
+    On PostgreSQL: a deadlock, a serialization failure, or two promotions
+    that read before either wrote colliding on the one-primary index. Any
+    other integrity error is a bug or a bad reference, not a race; and
+    SQLite's writers take turns (IMMEDIATE), so they never race.
     """
-    if _sqlstate(error) in ("23505", "40P01", "40001"):
+    code = _sqlstate(error)
+    if code in ("40P01", "40001"):
         return True
-    return isinstance(error, peewee.IntegrityError) and "UNIQUE constraint failed" in str(error)
+    diagnostics = getattr(getattr(error, "orig", None), "diag", None)
+    constraint = getattr(diagnostics, "constraint_name", None) or ""
+    if code == "23505" and constraint == ONE_PRIMARY_INDEX:
+        return True
+    # A create under an Idempotency-Key whose id an earlier run of the same call
+    # made meanwhile: the next attempt finds that row and answers with it.
+    reserved_taken = constraint.endswith("_pkey") or str(error).endswith(".id")
+    return (
+        reserved_id.get() is not None
+        and reserved_taken
+        and (code == "23505" or "UNIQUE constraint failed" in str(error))
+    )
+
+
+# SQLite's primary result codes that mean "cannot get at the file now", not a bug.
+_SQLITE_UNAVAILABLE = {
+    sqlite3.SQLITE_BUSY,
+    sqlite3.SQLITE_LOCKED,
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_PROTOCOL,
+}
+# PostgreSQL's SQLSTATE classes of the same kind: connection exception,
+# insufficient resources, operator intervention (shutdown, restart), system error.
+_POSTGRES_UNAVAILABLE = ("08", "53", "57", "58")
+
+
+def _unreachable(error: peewee.DatabaseError) -> bool:
+    """The database could not be reached or could not serve, as opposed to refusing
+    a statement ("no such table" is a bug, and must not read "try again")."""
+    driver_error = getattr(error, "orig", None)
+    if isinstance(driver_error, sqlite3.Error):
+        return (getattr(driver_error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
+    code = _sqlstate(error)
+    # psycopg2 gives no SQLSTATE when the connection itself failed.
+    return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
 
 
 class Connected(Protocol):
@@ -140,7 +183,8 @@ S = TypeVar("S", bound=Connected)
 
 def _unit(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
     """One store call: a connection for its duration, a lost race tried again, and
-    database failures turned into domain errors, never a driver error."""
+    database failures turned into domain errors. Anything else (a bug) goes up as
+    it is, for the error interceptor to log and answer INTERNAL."""
 
     @functools.wraps(method)
     def wrapper(store: S, *args: P.args, **kwargs: P.kwargs) -> R:
@@ -148,21 +192,28 @@ def _unit(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P],
             try:
                 with store.connection():
                     return method(store, *args, **kwargs)
-            except peewee.IntegrityError as error:
-                if not _retryable(error):
-                    raise
-                if attempt == ATTEMPTS:
-                    raise Conflict() from error
-            except peewee.OperationalError as error:
-                if not _retryable(error):
+            except peewee.DatabaseError as error:
+                if _retryable(error):
+                    if attempt == ATTEMPTS:
+                        raise Conflict() from error
+                    continue
+                if isinstance(error, peewee.OperationalError) and _unreachable(error):
                     raise StoreUnavailable() from error
-                if attempt == ATTEMPTS:
-                    raise Conflict() from error
-            except peewee.InterfaceError as error:
+                raise
+            except (peewee.InterfaceError, MaxConnectionsExceeded) as error:
+                # A connection that broke, or none came free in time.
                 raise StoreUnavailable() from error
         raise AssertionError("unreachable")
 
     return wrapper
+
+
+class _Moved(Exception):
+    """The contact no longer belongs to the company the caller was authorised for."""
+
+
+def _belongs_to(company_id: uuid.UUID | None) -> peewee.Expression:
+    return Contact.company.is_null() if company_id is None else Contact.company == company_id
 
 
 class Store:
@@ -278,6 +329,35 @@ class Store:
     ) -> ContactRow:
         """Writes `changes` (a None value clears the column). With `versions`, only if
         the contact's version is one of them (If-Match), else EtagMismatch."""
+        try:
+            return self._update(contact_id, changes, versions, Contact.id == contact_id)
+        except _Moved:
+            raise ContactNotFound() from None  # deleted since it was read
+
+    @_unit
+    def move_contact(
+        self,
+        contact_id: uuid.UUID,
+        changes: Mapping[str, Any],
+        company_id: uuid.UUID | None,
+        versions: frozenset[int] | None = None,
+    ) -> ContactRow | None:
+        """Updates the contact (`changes` holds its new company) if it still belongs to
+        `company_id`, the company the caller was authorised for, checked in the
+        update's own statement; None, with nothing changed, if it has moved since."""
+        try:
+            where = (Contact.id == contact_id) & _belongs_to(company_id)
+            return self._update(contact_id, changes, versions, where)
+        except _Moved:
+            return None
+
+    def _update(
+        self,
+        contact_id: uuid.UUID,
+        changes: Mapping[str, Any],
+        versions: frozenset[int] | None,
+        where: peewee.Expression,
+    ) -> ContactRow:
         with self.db.atomic():
             contact = self._get_contact(contact_id)
             if versions is not None and contact.version not in versions:
@@ -290,14 +370,19 @@ class Store:
             # Only the fields the caller set are written, so a concurrent
             # update of other fields is never overwritten with stale values.
             query = Contact.update(**changes, updated_at=now(), version=Contact.version + 1)
-            query = query.where(Contact.id == contact_id)
+            query = query.where(where)
             if versions is not None:
                 # Checked again by the write itself: a concurrent writer that
                 # read the same version first has raised it by now (PostgreSQL
                 # re-evaluates the condition once the other commits).
                 query = query.where(Contact.version.in_(list(versions)))
             if not query.execute():
-                raise EtagMismatch()
+                # Changed, gone or moved since it was read: nothing is written
+                # (the demotion is rolled back).
+                now_there = self._reads.contact(contact_id)
+                if versions is not None and now_there and now_there.version not in versions:
+                    raise EtagMismatch()
+                raise _Moved()
             deadlines.check()
             return self._get_contact(contact_id)
 
@@ -310,8 +395,7 @@ class Store:
     ) -> bool:
         """Deletes the contact if it still belongs to `company_id` (what the caller was
         authorised for) and, with `versions`, still has one of them; False if not."""
-        company = Contact.company.is_null() if company_id is None else Contact.company == company_id
-        condition = (Contact.id == contact_id) & company
+        condition = (Contact.id == contact_id) & _belongs_to(company_id)
         if versions is not None:
             condition &= Contact.version.in_(list(versions))
         with self.db.atomic():

@@ -58,6 +58,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def settings(database_url: str) -> Settings:
     return Settings(
         grpc_port=0,
+        proxy_port=0,
         http_port=0,
         envoy_admin_port=0,
         database_url=database_url,
@@ -84,7 +85,7 @@ def app(settings: Settings, store: Store) -> Iterator[App]:
 
 @pytest.fixture(scope="session")
 def envoy(app: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
-    proxy = Envoy(app.port, tmp_path_factory.mktemp("envoy"))
+    proxy = Envoy(app.proxy_port, tmp_path_factory.mktemp("envoy"))
     proxy.wait_upstream()
     yield proxy
     proxy.stop()

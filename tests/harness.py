@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -113,9 +113,10 @@ SERVE = (sys.executable, "-m", "server", "serve")
 
 
 class Server:
-    """`python -m server serve [--workers N]` on a free port, with `env` (CONTACTS_*) added
-    to a clean environment; ready once every worker listens and health says SERVING.
-    Its metrics are on another free port (`metrics_url`) unless `env` says otherwise.
+    """`python -m server serve [--workers N]` on free ports (gRPC's, and Envoy's door,
+    `proxy_port`), with `env` (CONTACTS_*) added to a clean environment; ready once
+    every worker listens and health says SERVING. Workers drain for no time, and
+    metrics are on another free port (`metrics_url`), unless `env` says otherwise.
     `command` starts another server that takes its port from CONTACTS_GRPC_PORT."""
 
     def __init__(
@@ -128,39 +129,52 @@ class Server:
         self.port = free_port()
         self.metrics_port = int(env.get("CONTACTS_METRICS_PORT", free_port()))
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.proxy_port = free_port()
         argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
         environment = {
             **clean,
             "CONTACTS_METRICS_PORT": str(self.metrics_port),
+            "CONTACTS_DRAIN_SECONDS": "0",
             **env,
             "CONTACTS_GRPC_PORT": str(self.port),
+            "CONTACTS_PROXY_PORT": str(self.proxy_port),
         }
         self.log = workdir / f"server-{self.port}.log"
         self.process = spawn(argv, self.log, environment)
         try:
             wait_for(lambda: self.listeners() >= workers, 60, "the server to listen", self.process)
-            wait_for(lambda: health_serving(self.port), 30, "health", self.process)
+            self._wait_ready()
         except BaseException as error:
             self.stop()
             raise RuntimeError(f"{error}; the server's log:\n{self.log_tail()}") from None
 
+    def _wait_ready(self) -> None:
+        wait_for(lambda: health_serving(self.port), 30, "health", self.process)
+
+    def ports(self) -> list[int]:
+        return [self.port, self.proxy_port, self.metrics_port]
+
     def processes(self) -> list[psutil.Process]:
-        """The server process and all its descendants."""
+        """The server process (the supervisor) and all its descendants."""
         top = psutil.Process(self.process.pid)
         return [top, *top.children(recursive=True)]
 
-    def listeners(self) -> int:
-        """How many of its processes listen on its port."""
-        count = 0
+    def workers(self) -> list[psutil.Process]:
+        """The processes that listen on its port now."""
+        found = []
         for each in self.processes():
             with suppress(psutil.Error):
-                connections = each.net_connections("tcp")
-                count += any(
+                if any(
                     c.status == psutil.CONN_LISTEN and c.laddr.port == self.port
-                    for c in connections
-                )
-        return count
+                    for c in each.net_connections("tcp")
+                ):
+                    found.append(each)
+        return found
+
+    def listeners(self) -> int:
+        """How many of its processes listen on its port."""
+        return len(self.workers())
 
     def rss(self) -> int:
         """Resident memory (VmRSS) in bytes, summed over its processes (shared pages
@@ -187,19 +201,63 @@ class Server:
         stop(self.process)
 
 
-class Envoy:
-    """A real Envoy in front of a gRPC port; its ports are picked by the kernel."""
+RUN = (sys.executable, "-m", "server", "run")
+ENVOY_ALONE = (sys.executable, "-m", "server", "envoy")
 
-    def __init__(self, grpc_port: int, workdir: Path, log_format: str = "text") -> None:
-        config = workdir / f"envoy-{grpc_port}.yaml"
+
+class Stack(Server):
+    """`python -m server run [--workers N]` (the servers and Envoy), or with ENVOY_ALONE
+    and no workers, `python -m server envoy` (Envoy alone, in front of
+    CONTACTS_UPSTREAMS from `env`), on free ports; ready once REST answers."""
+
+    def __init__(
+        self,
+        env: Mapping[str, str],
+        workdir: Path,
+        workers: int = 1,
+        command: tuple[str, ...] = RUN,
+    ) -> None:
+        self.http_port, self.admin_port = free_port(), free_port()
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        ports = {
+            "CONTACTS_HTTP_PORT": str(self.http_port),
+            "CONTACTS_ENVOY_ADMIN_PORT": str(self.admin_port),
+        }
+        super().__init__({**env, **ports}, workdir, workers, command)
+
+    def _wait_ready(self) -> None:
+        def answers() -> bool:
+            url = f"{self.url}/contacts/{uuid.uuid4()}"
+            return _local.get(url, timeout=2).status_code == 404
+
+        wait_for(answers, 30, "the stack to answer", self.process)
+
+    def ports(self) -> list[int]:
+        return [*super().ports(), self.http_port, self.admin_port]
+
+
+class Envoy:
+    """A real Envoy in front of servers: a port on this host (a server's proxy port), or
+    host:port pairs. Its own ports are picked by the kernel."""
+
+    def __init__(
+        self,
+        upstreams: int | Sequence[tuple[str, int]],
+        workdir: Path,
+        log_format: str = "text",
+    ) -> None:
+        if isinstance(upstreams, int):
+            upstreams = [("127.0.0.1", upstreams)]
+        name = f"envoy-{upstreams[0][1]}"
+        config = workdir / f"{name}.yaml"
         config.write_text(
             stack.render_envoy_config(
-                grpc_port, 0, 0, http_address="127.0.0.1", log_format=log_format
+                tuple(upstreams), 0, 0, http_address="127.0.0.1", log_format=log_format
             )
         )
-        admin_file = workdir / f"envoy-{grpc_port}-admin-address"
+        admin_file = workdir / f"{name}-admin-address"
         command = stack.envoy_command(config, admin_address_path=admin_file)
-        self.log = workdir / f"envoy-{grpc_port}.log"
+        self.log = workdir / f"{name}.log"
         self.process = spawn(command, self.log)
         try:
             self.admin = "http://" + wait_for(

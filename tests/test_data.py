@@ -12,6 +12,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import grpc
 import peewee
 import pytest
 
@@ -22,7 +23,7 @@ from server.database import open_database
 from server.settings import PROJECT_ROOT
 from server.store import Company, Contact, Store
 from tests.conftest import BACKEND, POSTGRES_DSN, Rest, body, in_threads
-from tests.harness import empty_database
+from tests.harness import Server, empty_database
 
 
 @pytest.fixture
@@ -265,3 +266,55 @@ def test_a_database_made_before_migrations_is_adopted(blank_url: str) -> None:
         assert migrations.migrate(db) == list(range(1, migrations.LATEST + 1))
         assert rows(db, "SELECT first_name FROM contacts") == [("Old",)]
     db.close()
+
+
+def test_a_move_rechecks_the_company_in_its_own_statement(store: Store) -> None:
+    def company(owner: str) -> uuid.UUID:
+        return uuid.UUID(store.create_company("Co", owner_id=owner).id)
+
+    a, b, c = company("alice"), company("alice"), company("carol")
+    primary_of_b = store.create_contact({"first_name": "P", "email": "p@x.io", "company": b})
+    store.update_contact(uuid.UUID(primary_of_b.id), {"is_primary": True})
+    moving = uuid.UUID(
+        store.create_contact({"first_name": "M", "email": "m@x.io", "company": a}).id
+    )
+    # Alice was allowed to move it while it was in A; it went to Carol's C since.
+    store.update_contact(moving, {"company": c})
+    assert store.move_contact(moving, {"company": b, "is_primary": True}, a) is None
+    after = store.find_contact(moving)
+    assert after is not None and after.company_id == str(c)
+    still = store.find_contact(uuid.UUID(primary_of_b.id))
+    assert still is not None and still.is_primary  # the demotion was rolled back
+    # Where it is now, the move goes through.
+    moved = store.move_contact(moving, {"company": b}, c)
+    assert moved is not None and moved.company_id == str(b)
+
+
+def test_a_broken_schema_is_a_500_with_its_cause_logged_not_try_again(
+    blank_url: str, tmp_path: Path
+) -> None:
+    env = {
+        "CONTACTS_DATABASE_URL": blank_url,
+        "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
+        "CONTACTS_RATE_LIMIT_CREATE": "0",
+        "CONTACTS_RATE_LIMIT_DEFAULT": "0",
+    }
+    server = Server(env, tmp_path)
+    try:
+        db = open_database(blank_url, max_connections=1)
+        with db.connection_context():
+            db.execute_sql("DROP TABLE contacts")
+        db.close()
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+            for call, request in (
+                (stub.GetContact, pb.GetContactRequest(contact_id=str(uuid.uuid4()))),
+                (stub.CreateContact, pb.CreateContactRequest(first_name="B", email="b@x.io")),
+            ):
+                with pytest.raises(grpc.RpcError) as failed:
+                    call(request, timeout=10)
+                assert failed.value.code() == grpc.StatusCode.INTERNAL  # type: ignore[attr-defined]
+    finally:
+        server.stop()
+    log = server.log.read_text()
+    assert "no such table: contacts" in log or 'relation "contacts" does not exist' in log

@@ -38,13 +38,20 @@ def postgres_bin() -> Path | None:
 class PrivatePostgres:
     """A throwaway PostgreSQL server in a temporary folder, on a free port."""
 
-    def __init__(self, binaries: Path) -> None:
+    def __init__(self, binaries: Path, password: str | None = None) -> None:
         self.bin = binaries
         self.dir = Path(tempfile.mkdtemp(prefix="contacts-pg-"))
         self.port = free_port()
         if os.geteuid() == 0:  # PostgreSQL refuses to run as root
             shutil.chown(self.dir, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", "-A", "trust")
+        auth = ["-A", "trust"]
+        if password is not None:  # then the superuser needs it
+            pwfile = self.dir / "password"
+            pwfile.write_text(password)
+            if os.geteuid() == 0:
+                shutil.chown(pwfile, "postgres", "postgres")
+            auth = ["-A", "scram-sha-256", f"--pwfile={pwfile}"]
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", *auth)
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _run(self, tool: str, *args: str) -> None:
@@ -77,14 +84,18 @@ class PrivatePostgres:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-@pytest.fixture
-def private_postgres() -> Iterator[PrivatePostgres]:
+def server_binaries() -> Path:
     binaries = postgres_bin()
     if binaries is None:
         if os.environ.get("CI") == "true":
             pytest.fail("PostgreSQL server binaries (pg_ctl, initdb) are missing")
         pytest.skip("PostgreSQL server binaries (pg_ctl, initdb) are not installed")
-    pg = PrivatePostgres(binaries)
+    return binaries
+
+
+@pytest.fixture
+def private_postgres() -> Iterator[PrivatePostgres]:
+    pg = PrivatePostgres(server_binaries())
     pg.start()
     yield pg
     pg.remove()
@@ -109,7 +120,7 @@ def health(channel: grpc.Channel) -> int:
 def test_outage_is_503_at_once_and_recovers_without_restart(
     private_postgres: PrivatePostgres, server_on: Server, tmp_path: Path
 ) -> None:
-    envoy = Envoy(server_on.port, tmp_path)
+    envoy = Envoy(server_on.proxy_port, tmp_path)
     channel = grpc.insecure_channel(f"127.0.0.1:{server_on.port}")
     stub = contacts_pb2_grpc.ContactsServiceStub(channel)
     rest = requests.Session()

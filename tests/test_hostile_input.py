@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import uuid
 from typing import Any
@@ -123,3 +125,55 @@ def test_only_canonical_uuids_are_ids(rest: Rest, bad: str) -> None:
     r = rest.get(f"/contacts/{bad}")
     assert r.status_code == 400
     assert body(r) == {"detail": "contact_id: must be a UUID"}
+
+
+@pytest.mark.parametrize(
+    "sub", ["nul\x00byte", "lone\ud800surrogate", "bell\x07", "line\nbreak", "c1\x85control"]
+)
+def test_a_sub_with_control_characters_or_a_lone_surrogate_is_401(
+    rest: Rest, settings: Any, sub: str
+) -> None:
+    # Before: NUL and the surrogate were a 500 (the database refused the
+    # text), the others were stored as a company's owner.
+    token = jwt.encode({"sub": sub, "exp": int(time.time()) + 60}, settings.jwt_secret, "HS256")
+    r = rest.post("/companies", token=token, json={"name": "C"})
+    assert r.status_code == 401
+    assert body(r) == {"detail": "Could not validate credentials"}
+    assert rest.get("/companies", token=token).status_code == 401
+
+
+@pytest.mark.parametrize("exp", [1e300, 2**53, time.time() + 400 * 24 * 3600])
+def test_a_token_that_would_never_expire_is_401(rest: Rest, settings: Any, exp: float) -> None:
+    token = jwt.encode({"sub": "forever", "exp": exp}, settings.jwt_secret, "HS256")
+    assert rest.get("/companies", token=token).status_code == 401
+
+
+@pytest.mark.parametrize("length", [2100, 4096, 6144, 7900])
+def test_an_over_long_path_is_414_at_envoy(rest: Rest, length: int) -> None:
+    # 4-8 KiB paths used to overflow gRPC's metadata limit (copied into two
+    # headers) and came back as 429s naming internal headers.
+    path = "/contacts?company_id=" + "a" * (length - len("/contacts?company_id="))
+    r = rest.get(path)
+    assert r.status_code == 414
+    assert body(r) == {"detail": "URI Too Long"}
+
+
+def test_the_largest_request_envoy_takes_reaches_the_server(rest: Rest) -> None:
+    # The longest path allowed, and headers filling most of Envoy's 8 KiB:
+    # what Envoy adds on top must still fit the server's metadata limit.
+    path = f"/contacts/{uuid.uuid4()}?pad="
+    path += "p" * (2048 - len(path))
+    r = rest.get(path, headers={"x-pad": "h" * 5800})
+    assert r.status_code == 404, r.text
+    assert body(r) == {"detail": "Contact not found"}
+
+
+def test_a_transfer_encoding_envoy_refuses_is_501_saying_so(envoy: Envoy) -> None:
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=10) as s:
+        s.sendall(
+            b"POST /contacts HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, identity\r\n"
+            b"Content-Type: application/json\r\n\r\n0\r\n\r\n"
+        )
+        head, _, rest_of_it = s.recv(65536).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 501 ")
+    assert json.loads(rest_of_it) == {"detail": "Not Implemented"}

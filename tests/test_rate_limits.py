@@ -52,7 +52,7 @@ def limited(settings: Settings, store: Store, clock: Clock) -> Iterator[App]:
 
 @pytest.fixture(scope="module")
 def limited_envoy(limited: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
-    proxy = Envoy(limited.port, tmp_path_factory.mktemp("envoy-limited"))
+    proxy = Envoy(limited.proxy_port, tmp_path_factory.mktemp("envoy-limited"))
     yield proxy
     proxy.stop()
 
@@ -249,3 +249,29 @@ def test_refused_verdict_headers_are_whole_seconds() -> None:
     headers = dict(refused.headers())
     assert headers["retry-after"] == "9"  # 60/7 = 8.57 s, rounded up
     assert headers["ratelimit-remaining"] == "0"
+
+
+def test_a_direct_grpc_client_cannot_speak_for_another(limited: App, clock: Clock) -> None:
+    # From loopback, a trusted address: on the gRPC port the header is still
+    # nobody's word. Only Envoy's door believes it.
+    clock.advance(WINDOW)
+    victim = "203.0.113.9"
+    spoofed = (("x-contacts-client-address", victim),)
+
+    def get(port: int) -> tuple[grpc.StatusCode, dict[str, str]]:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+            try:
+                stub.GetContact(
+                    pb.GetContactRequest(contact_id=str(uuid.uuid4())), metadata=spoofed
+                )
+            except grpc.RpcError as error:
+                return error.code(), dict(error.trailing_metadata())  # type: ignore[attr-defined]
+        raise AssertionError("found a contact that does not exist")
+
+    codes = [get(limited.port)[0] for _ in range(121)]
+    assert codes == [grpc.StatusCode.NOT_FOUND] * 120 + [grpc.StatusCode.RESOURCE_EXHAUSTED]
+    # The victim's own bucket, as Envoy speaks for it, is untouched.
+    code, headers = get(limited.proxy_port)
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert headers["ratelimit-remaining"] == "119"

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,10 +22,11 @@ import redis
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.auth import Tokens
-from server.limits import RedisBuckets
+from server.limits import SKIP_AFTER_FAILURE, RedisBuckets
 from server.settings import Settings
 from tests.conftest import bearer
 from tests.harness import Server, free_port, wait_for
+from tests.test_rate_limits import Clock
 
 REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
 
@@ -116,23 +120,26 @@ def start_redis(binary: str, port: int, workdir: Path) -> subprocess.Popen[bytes
     return process
 
 
+async def takes(buckets: RedisBuckets, n: int) -> list[bool]:
+    return [(await buckets.take("k", 2)).allowed for _ in range(n)]
+
+
 def test_redis_down_fails_open_and_recovers(
     private_redis: tuple[str, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     binary, port = private_redis
-
-    async def takes(buckets: RedisBuckets, n: int) -> list[bool]:
-        return [(await buckets.take("k", 2)).allowed for _ in range(n)]
+    clock = Clock()
 
     async def scenario() -> None:
-        buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", complain_every=3600)
+        buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", complain_every=3600, clock=clock)
         with caplog.at_level(logging.ERROR, logger="server.limits"):
             # Down: every call passes, and the outage is logged once.
             assert all(await takes(buckets, 5))
         assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1
-        # Back: limits hold again, with no restart.
+        # Back: limits hold again, with no restart, once the breaker lets a call ask.
         server = start_redis(binary, port, tmp_path)
         try:
+            clock.advance(SKIP_AFTER_FAILURE)
             assert await takes(buckets, 3) == [True, True, False]
             server.terminate()
             server.wait(timeout=10)
@@ -143,6 +150,55 @@ def test_redis_down_fails_open_and_recovers(
             await buckets.close()
 
     asyncio.run(scenario())
+
+
+class SilentRedis:
+    """A Redis that never answers (a hung server, a dropped route): it only counts the
+    connections made to it."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                self.connections.append(self.listener.accept()[0])
+
+    def close(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+
+
+def test_after_a_failure_redis_is_skipped_for_a_while(caplog: pytest.LogCaptureFixture) -> None:
+    silent = SilentRedis()
+    clock = Clock()
+
+    async def scenario() -> None:
+        buckets = RedisBuckets(f"redis://127.0.0.1:{silent.port}/0", clock=clock)
+        try:
+            with caplog.at_level(logging.ERROR, logger="server.limits"):
+                assert await takes(buckets, 1) == [True]  # waited out the timeout: open
+            wait_for(lambda: len(silent.connections) == 1, what="the first connection")
+            # Open: no call asks Redis, so none waits for it.
+            assert all(await takes(buckets, 50))
+            clock.advance(SKIP_AFTER_FAILURE)
+            assert await takes(buckets, 1) == [True]  # asked again, and still no answer
+            wait_for(lambda: len(silent.connections) >= 2, what="the second connection")
+            assert len(silent.connections) == 2
+        finally:
+            await buckets.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        silent.close()
+    said = [r.getMessage() for r in caplog.records if r.name == "server.limits"]
+    assert len(said) == 1
+    assert f"not asking it for {SKIP_AFTER_FAILURE:g} s" in said[0]
 
 
 def test_secrets_are_not_in_server_logs(redis_url: str, settings: Settings, tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""`make run` as a person uses it: the whole stack up, answering, and gone after Ctrl-C."""
+"""`make run` as a person uses it: the whole stack up, answering, and gone after Ctrl-C.
+(Started by tests/harness.py, on free ports.)"""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import requests
 
 from server.auth import Tokens
 from server.settings import PROJECT_ROOT, Settings, SettingsError, local_secret
-from tests.harness import free_port, wait_for
+from tests.harness import Stack, free_port
 
 
 def listening(port: int) -> bool:
@@ -26,47 +27,19 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-class Stack:
-    """`python -m server run ARGS` on free ports; `stop` signals it and checks that it
-    exits 0 leaving none of its ports open."""
-
-    def __init__(self, tmp_path: Path, *args: str, **env: str) -> None:
-        self.ports = {
-            "CONTACTS_GRPC_PORT": free_port(),
-            "CONTACTS_HTTP_PORT": free_port(),
-            "CONTACTS_ENVOY_ADMIN_PORT": free_port(),
-            "CONTACTS_METRICS_PORT": free_port(),
-        }
-        self.env = stack_env(tmp_path, **{k: str(v) for k, v in self.ports.items()}, **env)
-        self.url = f"http://127.0.0.1:{self.ports['CONTACTS_HTTP_PORT']}"
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "server", "run", *args],
-            cwd=PROJECT_ROOT,
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(
-            lambda: (
-                requests.get(f"{self.url}/contacts/{uuid.uuid4()}", timeout=2).status_code == 404
-            ),
-            what="the stack to answer",
-        )
-
-    def stop(self, signum: int = signal.SIGTERM) -> None:
-        try:
-            self.process.send_signal(signum)
-            assert self.process.wait(timeout=30) == 0
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-        for port in self.ports.values():
-            assert not listening(port), port
+def stop_cleanly(stack: Stack, signum: int = signal.SIGTERM) -> None:
+    """Signals the stack, which must exit 0 leaving none of its ports open."""
+    try:
+        stack.process.send_signal(signum)
+        assert stack.process.wait(timeout=60) == 0
+    finally:
+        stack.stop()
+    for port in stack.ports():
+        assert not listening(port), port
 
 
 def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {
-        **os.environ,
         "CONTACTS_DATABASE_URL": f"sqlite:///{tmp_path / 'contacts.db'}",
         "CONTACTS_JWT_SECRET": secrets.token_urlsafe(48),
         **extra,
@@ -75,16 +48,14 @@ def stack_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_run_serves_rest_and_grpc_then_stops_cleanly(tmp_path: Path, signum: int) -> None:
-    stack = Stack(tmp_path)
-    try:
-        created = requests.post(
-            f"{stack.url}/contacts", json={"first_name": "R", "email": "r@x.io"}, timeout=5
-        )
-        assert created.status_code == 201
-        assert listening(stack.ports["CONTACTS_GRPC_PORT"])
-        assert listening(stack.ports["CONTACTS_ENVOY_ADMIN_PORT"])
-    finally:
-        stack.stop(signum)
+    stack = Stack(stack_env(tmp_path), tmp_path)
+    created = requests.post(
+        f"{stack.url}/contacts", json={"first_name": "R", "email": "r@x.io"}, timeout=5
+    )
+    assert created.status_code == 201
+    assert listening(stack.port)
+    assert listening(stack.admin_port)
+    stop_cleanly(stack, signum)
 
 
 def test_local_secret_is_made_once_and_private(tmp_path: Path) -> None:
@@ -119,7 +90,7 @@ def test_several_workers_need_shared_buckets(tmp_path: Path) -> None:
     refused = subprocess.run(
         [sys.executable, "-m", "server", "serve", "--workers", "2"],
         cwd=PROJECT_ROOT,
-        env=stack_env(tmp_path, CONTACTS_GRPC_PORT=str(free_port())),
+        env={**os.environ, **stack_env(tmp_path, CONTACTS_GRPC_PORT=str(free_port()))},
         capture_output=True,
         text=True,
         timeout=30,
@@ -137,8 +108,9 @@ def test_two_workers_share_one_port_and_one_allowance(tmp_path: Path) -> None:
         if os.environ.get("CI") == "true":
             raise
         pytest.skip(f"no Redis at {redis_url}")
-    stack = Stack(tmp_path, "--workers", "2", CONTACTS_REDIS_URL=redis_url)
-    token = Tokens(stack.env["CONTACTS_JWT_SECRET"]).issue(f"workers-{uuid.uuid4()}")
+    env = stack_env(tmp_path, CONTACTS_REDIS_URL=redis_url)
+    stack = Stack(env, tmp_path, workers=2)
+    token = Tokens(env["CONTACTS_JWT_SECRET"]).issue(f"workers-{uuid.uuid4()}")
     try:
         codes = []
         for _ in range(70):
@@ -154,4 +126,16 @@ def test_two_workers_share_one_port_and_one_allowance(tmp_path: Path) -> None:
                 )
         assert codes == [201] * 60 + [429] * 10
     finally:
-        stack.stop()
+        stop_cleanly(stack)
+
+
+def test_upstreams_are_host_port_pairs() -> None:
+    secret = {"CONTACTS_JWT_SECRET": "s" * 32}
+    settings = Settings.from_env(
+        {**secret, "CONTACTS_UPSTREAMS": "10.0.0.5:50052, contacts.svc:7000,[fd00::1]:50052"}
+    )
+    assert settings.upstreams == (("10.0.0.5", 50052), ("contacts.svc", 7000), ("fd00::1", 50052))
+    assert Settings.from_env(secret).upstreams == ()  # Envoy then goes to this host's server
+    for bad in ("no-port", "host:http", "host:99999", "user@host:1"):
+        with pytest.raises(SettingsError, match="CONTACTS_UPSTREAMS"):
+            Settings.from_env({**secret, "CONTACTS_UPSTREAMS": bad})

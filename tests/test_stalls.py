@@ -222,3 +222,28 @@ def test_calls_in_flight_are_bounded(strict: App) -> None:
             return False
 
         wait_for(not_found, timeout=PATIENCE, what="the server to serve again")
+
+
+def test_grpc_cores_own_messages_never_reach_rest_clients(
+    strict: App, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    envoy = Envoy(strict.proxy_port, tmp_path_factory.mktemp("envoy-strict"))
+    try:
+        envoy.wait_upstream()
+        # Every call slot of Envoy's door held: gRPC refuses the next call
+        # itself, with a message of its own ("Concurrent RPC limit exceeded!").
+        stalled = StalledStreams(strict.proxy_port, 16, partial=False)
+        rest = Rest(envoy.url)
+
+        def refused() -> list[Any]:  # (a list: a 4xx Response is falsy)
+            r = rest.get(f"/contacts/{uuid.uuid4()}")
+            return [r] if r.status_code == 429 else []
+
+        try:  # the server takes the stalled calls in as it reads them
+            [r] = wait_for(refused, what="the server to have no call slot left")
+        finally:
+            stalled.close()
+        assert r.json() == {"detail": "Too Many Requests"}
+        assert not [h for h in r.headers if h.lower().startswith(("grpc-", "x-contacts"))]
+    finally:
+        envoy.stop()

@@ -1,0 +1,60 @@
+"""One server process under the supervisor (`serve --worker`): serves on the shared
+ports, tells the supervisor when it is serving, dies with it, and stops gracefully.
+
+Stopping (SIGTERM or SIGINT): health turns NOT_SERVING while calls are still
+served for CONTACTS_DRAIN_SECONDS, long enough for Envoy's health checks to
+send new calls elsewhere; then the server stops accepting, gives the calls in
+flight STOP_GRACE_SECONDS to finish, and the process exits 0. A worker whose
+supervisor is gone skips the drain: nobody is steering traffic around it, and
+its ports must come free for the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+
+from server import lifeline
+from server.app import create_app
+from server.settings import Settings
+from server.signals import Signals
+from server.store import Store
+
+log = logging.getLogger(__name__)
+
+STOP_GRACE_SECONDS = 10.0
+
+
+def serve(settings: Settings, parent: int, ready_fd: int) -> int:
+    # Caught first: a SIGTERM from now on is a graceful stop, even one that
+    # comes while the server is starting (it is acted on once started).
+    signals = Signals(signal.SIGTERM, signal.SIGINT)
+    lifeline.die_with(parent, signal.SIGTERM)
+    store = Store(settings.database_url, max_connections=settings.threads)
+    app = create_app(settings, store, reuse_port=True)
+    app.start()
+    with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: SIGTERM is on its way
+        os.write(ready_fd, b"serving")
+    os.close(ready_fd)
+    came: list[signal.Signals] = []
+    while not came:
+        came, _ = signals.wait(None)
+    orphaned = os.getppid() != parent
+    drain = 0.0 if orphaned else settings.drain_seconds
+    log.info(
+        "worker %d: %s; NOT_SERVING, draining for %g s",
+        os.getpid(),
+        "the supervisor is gone" if orphaned else came[0].name,
+        drain,
+    )
+    app.drain()
+    deadline = time.monotonic() + drain
+    while (left := deadline - time.monotonic()) > 0:
+        signals.wait(left)  # a second signal changes nothing: the stop is under way
+    app.stop(STOP_GRACE_SECONDS)
+    store.close()
+    log.info("worker %d: stopped", os.getpid())
+    return 0
