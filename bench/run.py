@@ -92,6 +92,11 @@ def cpu_seconds(process: psutil.Process) -> float:
     return float(times.user + times.system)
 
 
+def server_cpu_seconds(server: Server) -> float:
+    """The supervisor's and its workers' CPU time (the workers serve)."""
+    return sum(cpu_seconds(process) for process in server.processes())
+
+
 class WorkerCpu:
     """How the CPU time of a row was shared among a server's worker processes: with
     SO_REUSEPORT the kernel spreads connections, not requests, and a few long-lived
@@ -116,7 +121,7 @@ def measure(run: Run, stack: Stack, call: Call, door: str, load: Load | None = N
     check(call)
     before = client.count(call.creates_in) if call.creates_in else None
     cpu = WorkerCpu(stack.server, stack.workers)
-    used = cpu_seconds(stack.server.processes()[0])
+    used = server_cpu_seconds(stack.server)
     name = f"{stack.backend}-{stack.workers}-{call.rpc}-{door}".replace(" ", "-")
     stem = run.workdir / name
     headers = {"authorization": f"Bearer {run.token}"}
@@ -134,7 +139,7 @@ def measure(run: Run, stack: Stack, call: Call, door: str, load: Load | None = N
     # The server's CPU per reply (the warm-up's replies included, at the measured rate):
     # steadier than req/s on a shared machine.
     replies = result.rps * (load.duration + load.warmup)
-    spent = cpu_seconds(stack.server.processes()[0]) - used
+    spent = server_cpu_seconds(stack.server) - used
     row["cpu_us"] = spent / replies * 1e6 if replies and stack.workers == 1 else None
     if before is not None and call.creates_in:
         # Every success adds a contact (the warm-up some more): fewer new
