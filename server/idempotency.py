@@ -39,7 +39,8 @@ from server import reply
 from server.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidField
 from server.interceptors import metadata_values, proceed
 from server.offload import Offload
-from server.store import BaseModel, Store, _unit, new_id, now, reserved_id
+from server.store import BaseModel, Store, new_id, now
+from server.units import reserved_id, unit
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255
@@ -91,7 +92,7 @@ class Keys:
     def connection(self) -> AbstractContextManager[object]:
         return self.store.connection()
 
-    @_unit
+    @unit
     def claim(self, client: str, key: str, fingerprint: str) -> Claim | Earlier:
         """A Claim if this call now holds the key; else what the key already holds.
 
@@ -144,7 +145,7 @@ class Keys:
         response = None if found.response is None else bytes(found.response)
         return Earlier(found.fingerprint, response, metadata)  # type: ignore[arg-type]
 
-    @_unit
+    @unit
     def complete(
         self, client: str, key: str, response: bytes, metadata: tuple[tuple[str, str], ...]
     ) -> None:
@@ -153,7 +154,7 @@ class Keys:
                 (IdempotencyKey.client == client) & (IdempotencyKey.idempotency_key == key)
             ).execute()
 
-    @_unit
+    @unit
     def release(self, client: str, key: str) -> None:
         with self.db.atomic():
             IdempotencyKey.delete().where(

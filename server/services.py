@@ -20,7 +20,8 @@ from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNo
 from server.offload import Offload
 from server.queries import CompanyRow, ContactRow
 from server.rest import FIELDS_HEADER
-from server.store import ATTEMPTS, Store
+from server.store import Store
+from server.units import ATTEMPTS
 from server.validation import contact_fields, page, parse_uuid, text, update_changes
 
 

@@ -7,31 +7,27 @@ rolled back instead (server/deadlines.py): its client has stopped waiting.
 
 from __future__ import annotations
 
-import functools
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext
-from contextvars import ContextVar
 from datetime import UTC, datetime, timedelta
-from typing import Any, Concatenate, ParamSpec, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import peewee
-from playhouse.pool import MaxConnectionsExceeded, PooledPostgresqlDatabase
+from playhouse.pool import PooledPostgresqlDatabase
 
 from server import deadlines
 from server.database import open_database
 from server.errors import (
-    Conflict,
     ContactNotFound,
     EtagMismatch,
-    StoreUnavailable,
     UnknownCompany,
 )
 from server.migrations import migrate
 from server.queries import CompanyRow, ContactRow, Reads
+from server.units import names_no_row, reserved_id, unit
 
 database = peewee.DatabaseProxy()
 
@@ -74,11 +70,6 @@ class Contact(BaseModel):
         table_name = "contacts"
 
 
-# The id the next create of this call must use (set by idempotency.py, so that
-# a create run again under the same Idempotency-Key can never make a second row).
-reserved_id: ContextVar[uuid.UUID | None] = ContextVar("reserved_id", default=None)
-
-
 def new_id() -> uuid.UUID:
     """A UUIDv7: time-ordered, so ids sort with created_at and index inserts stay local."""
     millis = time.time_ns() // 1_000_000
@@ -100,112 +91,7 @@ def epoch_seconds(stamp: datetime) -> int:
     return (stamp - EPOCH) // timedelta(seconds=1)
 
 
-P = ParamSpec("P")
 Row = TypeVar("Row")
-R = TypeVar("R")
-
-
-ATTEMPTS = 3
-
-
-def _sqlstate(error: peewee.DatabaseError) -> str | None:
-    """PostgreSQL's error code (peewee keeps the driver's error as `orig`)."""
-    return getattr(getattr(error, "orig", None), "pgcode", None)
-
-
-def _names_no_row(error: peewee.IntegrityError) -> bool:
-    """A foreign key violation: the row refers to a company that does not exist."""
-    return _sqlstate(error) == "23503" or "FOREIGN KEY constraint failed" in str(error)
-
-
-ONE_PRIMARY_INDEX = "contacts_one_primary_per_company"  # migrations.py
-
-
-def _retryable(error: peewee.DatabaseError) -> bool:
-    """A write that lost a race and was rolled back: another attempt will see the winner.
-
-    On PostgreSQL: a deadlock, a serialization failure, or two promotions
-    that read before either wrote colliding on the one-primary index. Any
-    other integrity error is a bug or a bad reference, not a race; and
-    SQLite's writers take turns (IMMEDIATE), so they never race.
-    """
-    code = _sqlstate(error)
-    if code in ("40P01", "40001"):
-        return True
-    diagnostics = getattr(getattr(error, "orig", None), "diag", None)
-    constraint = getattr(diagnostics, "constraint_name", None) or ""
-    if code == "23505" and constraint == ONE_PRIMARY_INDEX:
-        return True
-    # A create under an Idempotency-Key whose id an earlier run of the same call
-    # made meanwhile: the next attempt finds that row and answers with it.
-    reserved_taken = constraint.endswith("_pkey") or str(error).endswith(".id")
-    return (
-        reserved_id.get() is not None
-        and reserved_taken
-        and (code == "23505" or "UNIQUE constraint failed" in str(error))
-    )
-
-
-# SQLite's primary result codes that mean "cannot get at the file now", not a bug.
-_SQLITE_UNAVAILABLE = {
-    sqlite3.SQLITE_BUSY,
-    sqlite3.SQLITE_LOCKED,
-    sqlite3.SQLITE_READONLY,
-    sqlite3.SQLITE_IOERR,
-    sqlite3.SQLITE_FULL,
-    sqlite3.SQLITE_CANTOPEN,
-    sqlite3.SQLITE_PROTOCOL,
-}
-# PostgreSQL's SQLSTATE classes of the same kind: connection exception,
-# insufficient resources, operator intervention (shutdown, restart), system error.
-_POSTGRES_UNAVAILABLE = ("08", "53", "57", "58")
-
-
-def _unreachable(error: peewee.DatabaseError) -> bool:
-    """The database could not be reached or could not serve, as opposed to refusing
-    a statement ("no such table" is a bug, and must not read "try again")."""
-    driver_error = getattr(error, "orig", None)
-    if isinstance(driver_error, sqlite3.Error):
-        return (getattr(driver_error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
-    code = _sqlstate(error)
-    # psycopg2 gives no SQLSTATE when the connection itself failed.
-    return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
-
-
-class Connected(Protocol):
-    """What `_unit` needs of the object whose method it wraps (the store, the key table)."""
-
-    def connection(self) -> AbstractContextManager[object]: ...
-
-
-S = TypeVar("S", bound=Connected)
-
-
-def _unit(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
-    """One store call: a connection for its duration, a lost race tried again, and
-    database failures turned into domain errors. Anything else (a bug) goes up as
-    it is, for the error interceptor to log and answer INTERNAL."""
-
-    @functools.wraps(method)
-    def wrapper(store: S, *args: P.args, **kwargs: P.kwargs) -> R:
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                with store.connection():
-                    return method(store, *args, **kwargs)
-            except peewee.DatabaseError as error:
-                if _retryable(error):
-                    if attempt == ATTEMPTS:
-                        raise Conflict() from error
-                    continue
-                if isinstance(error, peewee.OperationalError) and _unreachable(error):
-                    raise StoreUnavailable() from error
-                raise
-            except (peewee.InterfaceError, MaxConnectionsExceeded) as error:
-                # A connection that broke, or none came free in time.
-                raise StoreUnavailable() from error
-        raise AssertionError("unreachable")
-
-    return wrapper
 
 
 class _Moved(Exception):
@@ -243,13 +129,13 @@ class Store:
         # thread keeps its own connection (opening one costs more than a query).
         return self.db.connection_context() if self.pooled else nullcontext()
 
-    @_unit
+    @unit
     def ping(self) -> None:
         self.db.execute_sql("SELECT 1")
 
     # Companies
 
-    @_unit
+    @unit
     def create_company(self, name: str, owner_id: str) -> CompanyRow:
         made = self._made_earlier(self._reads.company)
         if made is not None:
@@ -263,25 +149,25 @@ class Store:
         seconds = epoch_seconds(stamp)
         return CompanyRow(str(company_id), name, owner_id, seconds, seconds)
 
-    @_unit
+    @unit
     def find_company(self, company_id: uuid.UUID) -> CompanyRow | None:
         return self._reads.company(company_id)
 
-    @_unit
+    @unit
     def list_companies(self, owner_id: str | None, skip: int, limit: int) -> list[CompanyRow]:
         return self._reads.companies(owner_id, skip, limit)
 
     # Contacts
 
-    @_unit
+    @unit
     def find_contact(self, contact_id: uuid.UUID) -> ContactRow | None:
         return self._reads.contact(contact_id)
 
-    @_unit
+    @unit
     def list_contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
         return self._reads.contacts(company_id, skip, limit)
 
-    @_unit
+    @unit
     def create_contact(self, fields: Mapping[str, Any]) -> ContactRow:
         made = self._made_earlier(self._reads.contact)
         if made is not None:
@@ -302,7 +188,7 @@ class Store:
                 # check that the company exists, with no round trip of its own.
                 Contact.insert(id=contact_id, **row).execute()
         except peewee.IntegrityError as error:
-            if _names_no_row(error):
+            if names_no_row(error):
                 raise UnknownCompany() from error
             raise
         seconds = epoch_seconds(stamp)
@@ -320,7 +206,7 @@ class Store:
             version=1,
         )
 
-    @_unit
+    @unit
     def update_contact(
         self,
         contact_id: uuid.UUID,
@@ -334,7 +220,7 @@ class Store:
         except _Moved:
             raise ContactNotFound() from None  # deleted since it was read
 
-    @_unit
+    @unit
     def move_contact(
         self,
         contact_id: uuid.UUID,
@@ -386,7 +272,7 @@ class Store:
             deadlines.check()
             return self._get_contact(contact_id)
 
-    @_unit
+    @unit
     def delete_contact(
         self,
         contact_id: uuid.UUID,
@@ -403,7 +289,7 @@ class Store:
             deadlines.check()
             return deleted
 
-    @_unit
+    @unit
     def seed_contacts(self, company_id: uuid.UUID, count: int, batch: int = 2000) -> None:
         """Bulk-inserts `count` generated contacts (for benchmarks and scale tests)."""
         stamp = now()
