@@ -36,8 +36,16 @@ class Load:
     """`getters` threads GETting `paths` round-robin and `creators` threads creating
     contacts, against `url`, from entering the context until leaving it."""
 
-    def __init__(self, url: str, paths: list[str], getters: int = 4, creators: int = 0) -> None:
+    def __init__(
+        self,
+        url: str,
+        paths: list[str],
+        getters: int = 4,
+        creators: int = 0,
+        keyed: bool = True,
+    ) -> None:
         self.url = url
+        self.keyed = keyed
         self.paths = paths
         self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
@@ -71,7 +79,12 @@ class Load:
                 email = f"{uuid.uuid4().hex}@{CREATED_DOMAIN}"
                 fields = {"first_name": "Load", "email": email}
                 url = f"{self.url}/contacts"
-                send = lambda url=url, fields=fields: session.post(url, json=fields, timeout=30)  # noqa: E731
+                # As clients are told to: a key per create makes it safe for
+                # Envoy to send again when a stopping server cancels it.
+                key = {"Idempotency-Key": str(uuid.uuid4())} if self.keyed else {}
+                send = lambda url=url, fields=fields, key=key: session.post(  # noqa: E731
+                    url, json=fields, headers=key, timeout=30
+                )
                 self._record("create", send, email)
 
     def __enter__(self) -> Load:
