@@ -204,7 +204,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         call = _current.get() or Call(new_request_id(), time.perf_counter())
         context.set_trailing_metadata(((REQUEST_ID, call.request_id),))
         if method.metrics is not None:
-            method.metrics.started.inc()
+            method.metrics.begin()
         return call
 
     def _client_of(self, call: Call, context: grpc.aio.ServicerContext) -> str:
@@ -225,8 +225,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> None:
         elapsed = time.perf_counter() - call.started
         if method.metrics is not None:
-            method.metrics.handled(code).inc()
-            method.metrics.seconds.observe(elapsed)
+            method.metrics.end(code, elapsed)
         level = logging.WARNING if code in SERVER_FAULTS else method.level
         if not log.isEnabledFor(level):  # nothing is formatted for a line not written
             return
