@@ -142,8 +142,11 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
     endpoints that does not exist yet is made, listing none."""
     if isinstance(servers, Path) and not servers.exists():
         endpoints.write(servers, [])
-    # One file per HTTP port, so that stacks side by side keep their own.
-    path = DATA_DIR / f"envoy-{settings.http_port}.yaml"
+    # One file per HTTP port, so that stacks side by side keep their own, and
+    # per form: rendering `envoy`'s must not change the one a `run` restarts
+    # its Envoy with.
+    alone = "" if isinstance(servers, Path) else "-alone"
+    path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
