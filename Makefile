@@ -61,8 +61,10 @@ lint: $(STAMP) $(BUF)
 	$(VENV)/bin/ruff format --check server tests bench openapi
 	$(VENV)/bin/mypy
 
+# Both of Envoy's configs: `run`'s (the workers from a file) and `envoy`'s (DNS).
 validate-envoy: $(STAMP) $(BUF)
 	$(PY) -m server envoy-config --validate
+	$(PY) -m server envoy-config --validate --alone
 
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
 # and REST through Envoy (wrk), on SQLite and on PostgreSQL at PG_DSN (skipped,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 import time
@@ -15,8 +16,9 @@ from server.settings import Settings, SettingsError
 from server.store import Store
 
 
-def envoy_config(settings: Settings, validate: bool) -> int:
-    path = stack.write_envoy_config(settings)
+def envoy_config(settings: Settings, validate: bool, alone: bool) -> int:
+    servers = stack.upstreams_of(settings) if alone else stack.endpoints_file(settings)
+    path = stack.write_envoy_config(settings, servers)
     if validate:
         stack.validate_envoy_config(path)
         print(f"{path}: valid")
@@ -63,13 +65,16 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument(
             "--workers", type=int, default=1, help="server processes sharing the gRPC port"
         )
-        # A worker started by the supervisor: its pid, and where to say "serving".
+        # A worker started by the supervisor: its pid, where to say it serves,
+        # and Envoy's door (0: a port of its own, which it says there).
         command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         command.add_argument("--parent", type=int, help=argparse.SUPPRESS)
         command.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+        command.add_argument("--proxy-port", type=int, help=argparse.SUPPRESS)
     commands.add_parser("envoy", help="Envoy alone, in front of CONTACTS_UPSTREAMS")
-    config = commands.add_parser("envoy-config", help="render Envoy's config into data/")
+    config = commands.add_parser("envoy-config", help="render run's Envoy config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
+    config.add_argument("--alone", action="store_true", help="`envoy`'s config instead")
     commands.add_parser("migrate", help="bring the database schema to the latest version")
     seeder = commands.add_parser("seed", help="a company with N generated contacts; prints its id")
     seeder.add_argument("--contacts", type=int, default=1000)
@@ -89,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     try:
         if args.command in ("run", "serve") and args.worker:
+            if args.proxy_port is not None:
+                settings = dataclasses.replace(settings, proxy_port=args.proxy_port)
             return worker.serve(settings, args.parent, args.ready_fd)
         if args.command in ("run", "serve"):
             return stack.run(settings, args.workers, envoy=args.command == "run")
@@ -105,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return migrate(settings)
     if args.command == "envoy-config":
-        return envoy_config(settings, args.validate)
+        return envoy_config(settings, args.validate, args.alone)
     return token(settings, args.sub, args.superuser, args.lifetime)
 
 

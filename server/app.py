@@ -61,10 +61,12 @@ class App:
         buckets: Buckets | None = None,
         reuse_port: bool = False,
         probe_interval: float = 1.0,
+        proxy_host: str | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.host = host
+        self.proxy_host = host if proxy_host is None else proxy_host
         self.buckets = buckets
         self.reuse_port = reuse_port
         self.probe_interval = probe_interval
@@ -109,18 +111,19 @@ class App:
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
-            for port, trusted in (
-                (self.settings.grpc_port, ()),
-                (self.settings.proxy_port, self.settings.trusted_proxies),
+            for host, port, trusted in (
+                (self.host, self.settings.grpc_port, ()),
+                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies),
             ):
                 servers.append(
                     build_server(
                         dataclasses.replace(self.settings, grpc_port=port, trusted_proxies=trusted),
                         self.store,
                         offload,
-                        self.host,
+                        host,
                         buckets,
-                        self.reuse_port,
+                        # A port the kernel picks (0) is this process's alone.
+                        self.reuse_port and port != 0,
                         health_servicer,
                     )
                 )
@@ -249,6 +252,8 @@ def create_app(
     host: str = "[::]",
     buckets: Buckets | None = None,
     reuse_port: bool = False,
+    proxy_host: str | None = None,
 ) -> App:
-    """The service, ready to start(); settings.grpc_port 0 picks a free port (see App.port)."""
-    return App(settings, store, host, buckets, reuse_port)
+    """The service, ready to start(); settings.grpc_port 0 picks a free port (see App.port),
+    as settings.proxy_port 0 does for Envoy's door (App.proxy_port), on proxy_host if given."""
+    return App(settings, store, host, buckets, reuse_port, proxy_host=proxy_host)

@@ -23,7 +23,7 @@ from google.protobuf.descriptor import FileDescriptor
 
 from contacts.options.v1 import options_pb2
 from contacts.v1 import contacts_pb2
-from server import metrics
+from server import endpoints, metrics
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
 from server.supervisor import Supervisor
 
@@ -97,28 +97,19 @@ def _any_of(paths: list[str]) -> str:
     return json.dumps("|".join(re.escape(path) for path in paths))
 
 
-def _endpoints(upstreams: Upstreams) -> str:
-    """Envoy's lb_endpoints for host:port pairs, as a YAML (JSON) flow list."""
-    return json.dumps(
-        [
-            {"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}
-            for host, port in upstreams
-        ]
-    )
-
-
 def render_envoy_config(
-    upstreams: Upstreams,
+    servers: Upstreams | Path,
     http_port: int,
     admin_port: int,
     http_address: str = "0.0.0.0",
     log_format: str = "text",
 ) -> str:
-    """Envoy in front of the servers at `upstreams` (their proxy ports)."""
+    """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
+    the file at a Path lists (see endpoints.discovery)."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     reads, creates = resendable()
     return template.substitute(
-        upstreams=_endpoints(upstreams),
+        discovery=endpoints.discovery(servers),
         reads=_any_of(reads),
         creates=_any_of(creates),
         http_port=http_port,
@@ -138,13 +129,28 @@ def upstreams_of(settings: Settings) -> Upstreams:
     return settings.upstreams or (("127.0.0.1", settings.proxy_port),)
 
 
-def write_envoy_config(settings: Settings) -> Path:
-    # One file per HTTP port, so that stacks side by side keep their own.
-    path = DATA_DIR / f"envoy-{settings.http_port}.yaml"
+def endpoints_file(settings: Settings) -> Path:
+    """Where `run`'s supervisor lists its workers for Envoy: beside Envoy's config and,
+    like it, one per HTTP port, kept after the run so that the config stays valid
+    (Envoy refuses one that names a missing file). Alone in its directory, which
+    Envoy watches. The supervisor writes it anew before Envoy starts."""
+    return DATA_DIR / f"envoy-{settings.http_port}-endpoints" / "endpoints.json"
+
+
+def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
+    """Envoy's config in front of `servers` (see endpoints.discovery); a file of
+    endpoints that does not exist yet is made, listing none."""
+    if isinstance(servers, Path) and not servers.exists():
+        endpoints.write(servers, [])
+    # One file per HTTP port, so that stacks side by side keep their own, and
+    # per form: rendering `envoy`'s must not change the one a `run` restarts
+    # its Envoy with.
+    alone = "" if isinstance(servers, Path) else "-alone"
+    path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
-            upstreams_of(settings),
+            servers,
             settings.http_port,
             settings.envoy_admin_port,
             log_format=settings.log_format,
@@ -173,13 +179,13 @@ def envoy_command(config: Path, admin_address_path: Path | None = None) -> list[
     return command
 
 
-def check_workers(settings: Settings, workers: int) -> None:
+def check_workers(settings: Settings, workers: int, shared_door: bool = True) -> None:
     if workers < 1:
         raise SettingsError("--workers must be at least 1")
-    if not settings.grpc_port or not settings.proxy_port:
+    if not settings.grpc_port or (shared_door and not settings.proxy_port):
         raise SettingsError(
-            "CONTACTS_GRPC_PORT and CONTACTS_PROXY_PORT must be fixed ports: every worker, "
-            "and every replacement, listens on the same two"
+            "CONTACTS_GRPC_PORT and (for `serve`) CONTACTS_PROXY_PORT must be fixed ports: "
+            "every worker, and every replacement, listens on the same ones"
         )
     if workers == 1 or settings.redis_url:
         return
@@ -217,23 +223,29 @@ def check_free(port: int, host: str = "") -> None:
 def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     """Runs `workers` server processes (none: Envoy alone) and Envoy if asked, under
     the supervisor, until SIGINT/SIGTERM; leaves no process behind."""
-    command = None
+    # With its own Envoy, each worker opens Envoy's door on a loopback port of
+    # its own, and the supervisor lists those that serve in this file.
+    listed = endpoints_file(settings) if workers and envoy else None
     ports: list[tuple[int, str]] = []
     if workers:
-        check_workers(settings, workers)
-        ports += [(settings.grpc_port, ""), (settings.proxy_port, "")]
+        check_workers(settings, workers, shared_door=listed is None)
+        ports.append((settings.grpc_port, ""))
+        if listed is None:
+            ports.append((settings.proxy_port, ""))
     if envoy:
-        config = write_envoy_config(settings)
+        ports += [(settings.http_port, ""), (settings.envoy_admin_port, "127.0.0.1")]
+    for port, host in ports:  # first: a stack running on these ports keeps its files
+        check_free(port, host)
+    command = None
+    if envoy:
+        config = write_envoy_config(settings, upstreams_of(settings) if listed is None else listed)
         validate_envoy_config(config)
         command = envoy_command(config)
-        ports += [(settings.http_port, ""), (settings.envoy_admin_port, "127.0.0.1")]
-    for port, host in ports:
-        check_free(port, host)
     if workers:
         log.info(
-            "serving gRPC on :%d (Envoy's door :%d) with %d worker process(es)",
+            "serving gRPC on :%d (Envoy's door %s) with %d worker process(es)",
             settings.grpc_port,
-            settings.proxy_port,
+            "on a loopback port per worker" if listed else f":{settings.proxy_port}",
             workers,
         )
     if envoy:
@@ -241,7 +253,9 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             "serving REST and gRPC through Envoy on :%d (admin 127.0.0.1:%d), in front of %s",
             settings.http_port,
             settings.envoy_admin_port,
-            ", ".join(f"{host}:{port}" for host, port in upstreams_of(settings)),
+            "the workers"
+            if listed
+            else ", ".join(f"{host}:{port}" for host, port in upstreams_of(settings)),
         )
     with contextlib.ExitStack() as cleanup:
         shared = None  # the directory the workers' metrics files go to
@@ -249,7 +263,7 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             shared = cleanup.enter_context(metrics_directory())
             cleanup.callback(metrics.stop, metrics.serve(settings.metrics_port, shared))
             log.info("serving metrics on :%d/metrics", settings.metrics_port)
-        return Supervisor(settings, workers, command, metrics_dir=shared).run()
+        return Supervisor(settings, workers, command, metrics_dir=shared, endpoints=listed).run()
 
 
 @contextlib.contextmanager

@@ -1,16 +1,21 @@
 """The supervisor: the foreground process of `run`, `serve` and `envoy`.
 
-It starts the worker processes (server/worker.py), which share the server's
-ports through SO_REUSEPORT, and Envoy when asked; then:
+It starts the worker processes (server/worker.py), which share the gRPC port
+through SO_REUSEPORT, and Envoy when asked. Envoy's door is shared the same
+way (`serve`), or, when Envoy is its own child (`run`), each worker has a port
+of its own and the supervisor lists those of the workers that serve and are
+not draining in a file Envoy watches (endpoints.py); then:
 
 - a worker that dies is replaced at once; while workers keep dying soon after
   they start, each next start waits longer (1 s, 2 s, 4 s ... 30 s). The
   other workers keep serving meanwhile. Envoy is looked after the same way.
 - SIGHUP replaces the workers one at a time, as gunicorn does: a new one
-  starts, and only once it serves is an old one told to drain. New code is
-  picked up (the environment is the supervisor's, unchanged).
+  starts, and only once it serves is an old one told to drain, after Envoy
+  was told to send it nothing new. New code is picked up (the environment is
+  the supervisor's, unchanged).
 - SIGTERM or SIGINT drains and stops every worker, then stops Envoy, and the
-  supervisor exits 0.
+  supervisor exits 0. Envoy's list stays as it was: there is nowhere else to
+  send calls meanwhile.
 
 Its signal handlers only record (signals.py); this loop does the work. Every
 child dies with the supervisor, even when it is killed with SIGKILL
@@ -31,7 +36,7 @@ from pathlib import Path
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from server import lifeline
+from server import endpoints, lifeline
 from server.metrics import MULTIPROC_DIR
 from server.settings import Settings
 from server.signals import Signals
@@ -64,6 +69,7 @@ class Child:
     started: float
     ready_fd: int | None = None  # a worker's "serving" pipe, until it reports or dies
     serving: bool = False
+    proxy_port: int = 0  # Envoy's door, as the worker reported it
 
     def __str__(self) -> str:
         return f"{self.name} {self.process.pid}"
@@ -86,7 +92,9 @@ class Restarts:
 
 
 class Supervisor:
-    """`workers` server processes and, given its command line, Envoy."""
+    """`workers` server processes and, given its command line, Envoy; given `endpoints`
+    (the file that Envoy's config names), each worker gets a door of its own, and
+    the file lists the workers Envoy is to send to."""
 
     def __init__(
         self,
@@ -94,9 +102,12 @@ class Supervisor:
         workers: int,
         envoy: list[str] | None,
         metrics_dir: Path | None = None,
+        endpoints: Path | None = None,
     ) -> None:
         self.settings = settings
         self.metrics_dir = metrics_dir  # where the workers write their metrics
+        self.endpoints = endpoints
+        self.listed: list[int] | None = None  # the ports the file lists; None: not written yet
         self.workers = workers
         self.envoy_command = envoy
         self.live: list[Child] = []  # workers starting or serving
@@ -108,6 +119,7 @@ class Supervisor:
 
     def run(self) -> int:
         signals = Signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+        self._list_serving()  # none yet: a file left from an earlier run lists nobody
         try:
             while True:
                 self._start_missing(time.monotonic())
@@ -147,6 +159,7 @@ class Supervisor:
             "--worker",
             f"--parent={os.getpid()}",
             f"--ready-fd={write}",
+            *(["--proxy-port=0"] if self.endpoints else []),
         ]
         # prometheus_client reads the variable when the worker first imports it.
         env = (
@@ -178,8 +191,10 @@ class Supervisor:
         child.ready_fd = None
         if not said:
             return  # it died before serving: _reap tells
-        child.serving = True
+        child.serving, child.proxy_port = True, int(said)
         log.info("%s serving", child)
+        if child in self.live:  # not one that a stop has told to drain already
+            self._list_serving()
         if self.to_replace and len(self.live) > self.workers:
             self._drain(self.to_replace.pop(0))
 
@@ -192,9 +207,11 @@ class Supervisor:
         self.to_replace = list(self.live)
         log.info("SIGHUP: replacing %d worker(s) one at a time", len(self.to_replace))
 
-    def _drain(self, child: Child) -> None:
+    def _drain(self, child: Child, unlist: bool = True) -> None:
         self.live.remove(child)
         self.draining.append(child)
+        if unlist:  # before the SIGTERM: Envoy sends it nothing new from now on
+            self._list_serving()
         with contextlib.suppress(ProcessLookupError):
             child.process.send_signal(signal.SIGTERM)
         log.info("%s draining", child)
@@ -208,6 +225,7 @@ class Supervisor:
             self._forget(child)
             delay = self.worker_restarts.died(child, now)
             self._say_died(child, now, delay)
+            self._list_serving()
         for child in [c for c in self.draining if c.process.poll() is not None]:
             self.draining.remove(child)
             self._forget(child)
@@ -237,6 +255,15 @@ class Supervisor:
         else:
             log.error("%s %s after %.1f s; starting another", child, ended, uptime)
 
+    def _list_serving(self) -> None:
+        """Envoy's endpoints (`run`): the workers serving and not draining, when that changed."""
+        ports = sorted(c.proxy_port for c in self.live if c.serving)
+        if self.endpoints is None or ports == self.listed:
+            return
+        endpoints.write(self.endpoints, ports)
+        self.listed = ports
+        log.info("Envoy sends to %s", ", ".join(f":{port}" for port in ports) or "no worker")
+
     @staticmethod
     def _close_pipe(child: Child) -> None:
         if child.ready_fd is not None:
@@ -250,7 +277,7 @@ class Supervisor:
         log.info("%s: stopping; the workers drain for %g s, then finish", signum.name, drain)
         self.to_replace = []
         for child in list(self.live):
-            self._drain(child)
+            self._drain(child, unlist=False)
         deadline = time.monotonic() + drain + STOP_GRACE_SECONDS + 5
         while self.draining and time.monotonic() < deadline:
             came, readable = signals.wait(0.5, self._ready_fds())

@@ -1,10 +1,16 @@
 """One server process under the supervisor (`serve --worker`): serves on the shared
-ports, tells the supervisor when it is serving, dies with it, and stops gracefully.
+gRPC port and on Envoy's door, tells the supervisor when it is serving (and on
+which port Envoy's door is), dies with it, and stops gracefully.
+
+Envoy's door is CONTACTS_PROXY_PORT, shared by every worker, for an Envoy
+elsewhere (`serve`); or, given port 0 (`run`), a loopback port of this worker's
+own, which the supervisor lists for its Envoy while the worker serves.
 
 Stopping (SIGTERM or SIGINT): health turns NOT_SERVING while calls are still
-served for CONTACTS_DRAIN_SECONDS, long enough for Envoy's health checks to
-send new calls elsewhere; then the server stops accepting, gives the calls in
-flight STOP_GRACE_SECONDS to finish, and the process exits 0. A worker whose
+served for CONTACTS_DRAIN_SECONDS, long enough for Envoy to send new calls
+elsewhere (its health checks see it; `run`'s Envoy was told before the
+SIGTERM); then the server stops accepting, gives the calls in flight
+STOP_GRACE_SECONDS to finish, and the process exits 0. A worker whose
 supervisor is gone skips the drain: nobody is steering traffic around it, and
 its ports must come free for the next run.
 """
@@ -17,7 +23,7 @@ import os
 import signal
 import time
 
-from server import lifeline
+from server import endpoints, lifeline
 from server.app import create_app
 from server.settings import Settings
 from server.signals import Signals
@@ -34,10 +40,13 @@ def serve(settings: Settings, parent: int, ready_fd: int) -> int:
     signals = Signals(signal.SIGTERM, signal.SIGINT)
     lifeline.die_with(parent, signal.SIGTERM)
     store = Store(settings.database_url, max_connections=settings.threads)
-    app = create_app(settings, store, reuse_port=True)
+    own_door = settings.proxy_port == 0  # for the local Envoy alone: on loopback
+    app = create_app(
+        settings, store, reuse_port=True, proxy_host=endpoints.LOOPBACK if own_door else None
+    )
     app.start()
     with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: SIGTERM is on its way
-        os.write(ready_fd, b"serving")
+        os.write(ready_fd, str(app.proxy_port).encode())
     os.close(ready_fd)
     came: list[signal.Signals] = []
     while not came:

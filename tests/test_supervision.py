@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from contacts.v1 import contacts_pb2_grpc
 from server.settings import PROJECT_ROOT, Settings
 from tests.harness import SERVE, Server, Stack, free_port, spawn, wait_for
 from tests.test_operations import gone, port_free
+from tests.test_stack import stop_cleanly
 
 
 @pytest.fixture
@@ -134,6 +136,55 @@ def test_sigkill_of_a_one_worker_stack_takes_envoy_along(
     stack.process.wait()
     wait_for(lambda: all(gone(pid) for pid in everyone), 30, "every process to go")
     wait_for(lambda: all(port_free(port) for port in stack.ports()), 30, "the ports")
+
+
+def drains(port: int) -> bool:
+    """Whether the server on this port answers a health check with NOT_SERVING."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]) as ch:
+        reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
+
+
+def test_envoy_sends_only_to_workers_that_serve_and_do_not_drain(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    # Under `run` each worker has a door of its own, and the supervisor tells
+    # Envoy which: a worker leaves Envoy's list before it is told to drain (it
+    # still answers meanwhile), a new one joins once it serves, a dead one goes.
+    stack = Stack({**env, "CONTACTS_DRAIN_SECONDS": "5"}, tmp_path, workers=2)
+    try:
+
+        def listed_are_the_workers() -> dict[int, int]:
+            doors = stack.doors()
+            return doors if len(doors) == 2 and stack.endpoints() == set(doors.values()) else {}
+
+        first = wait_for(listed_are_the_workers, 30, "Envoy to list both workers")
+        old = dict(first)
+
+        def unlisted() -> list[int]:
+            return [pid for pid, door in old.items() if door not in stack.endpoints()]
+
+        os.kill(stack.process.pid, signal.SIGHUP)
+        while old:  # one at a time
+            for pid in wait_for(unlisted, 30, "an old worker to leave Envoy's list"):
+                # Out of the list, and still answering on its door.
+                door = old.pop(pid)
+                wait_for(partial(drains, door), 5, "the unlisted worker to say it drains")
+        replaced = wait_for(listed_are_the_workers, 60, "Envoy to list the new workers")
+        assert not set(replaced) & set(first)
+
+        victim = next(iter(replaced))
+        os.kill(victim, signal.SIGKILL)
+        after = wait_for(
+            lambda: victim not in (doors := listed_are_the_workers()) and doors,
+            60,
+            "a replacement in Envoy's list",
+        )
+        assert replaced[victim] not in stack.endpoints() and len(after) == 2
+    finally:
+        stop_cleanly(stack)
+    log = stack.log.read_text()
+    assert "Envoy sends to" in log and "Traceback" not in log
 
 
 def test_a_child_whose_supervisor_died_first_does_not_run() -> None:
