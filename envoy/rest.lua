@@ -173,7 +173,6 @@ function envoy_on_response(handle)
   local headers = handle:headers()
   local grpc_status = headers:get("grpc-status")
   local grpc_message = headers:get("grpc-message")
-  local reply = headers:get(REPLY_HEADER)
   local http_status = headers:get(STATUS_HEADER)
   local for_clients = headers:get(DETAIL_HEADER) ~= nil
   -- gRPC framing details, and what the server said for this filter alone,
@@ -219,13 +218,34 @@ function envoy_on_response(handle)
   if status ~= "200" then
     return
   end
+  -- A reply's metadata (its kind, ETag, RateLimit-*) comes with its status,
+  -- as trailers, which a REST client never sees: here they become headers.
+  handle:body()
+  local trailers = handle:trailers()
+  local sent = {}
+  if trailers ~= nil then
+    for name, value in pairs(trailers) do
+      sent[#sent + 1] = { name, value }
+    end
+  end
+  -- body() invalidates the header handle taken before it.
+  headers = handle:headers()
+  local reply = nil
+  for _, pair in ipairs(sent) do
+    local name, value = pair[1], pair[2]
+    trailers:remove(name)
+    if name == REPLY_HEADER then
+      reply = value
+    elseif name:sub(1, 5) ~= "grpc-" then
+      headers:replace(name, value)
+    end
+  end
   if reply == "created" then
     headers:replace(":status", "201")
   elseif reply == "no-content" then
     headers:replace(":status", "204")
     headers:remove("content-type")
     handle:body(true):setBytes("")
-    -- body() invalidates the header handle taken before it.
     handle:headers():remove("content-length")
   elseif reply == "list" then
     -- The RPC's reply is one repeated field (the proto's REPLY_LIST says so).

@@ -76,9 +76,8 @@ class ErrorInterceptor(AsyncServerInterceptor):
     """The one place domain errors become gRPC status (and REST headers, through Envoy).
 
     An error's status carries google.rpc details (server/status.py). The
-    call's reply metadata (server/reply.py) goes out once: as initial metadata
-    with a reply, or as trailing metadata of a trailers-only error reply;
-    Envoy passes either to REST clients as HTTP headers. A REST call also
+    call's reply metadata (server/reply.py) goes out once, as trailing
+    metadata, which REST clients get as HTTP headers. A REST call also
     learns its reply kind, or its error's HTTP status, from the proto
     (server/rest.py). It records the call's deadline for the store
     (server/deadlines.py). Every error it sends carries CLIENT_DETAIL, which tells
@@ -163,13 +162,12 @@ class ErrorInterceptor(AsyncServerInterceptor):
             await self._abort(internal, context)
         metadata = reply.gathered()
         if _is_rest(context):
-            # Envoy makes REST response headers of initial metadata only.
-            metadata += self._replies.metadata(method_name)
-            if metadata:
-                await context.send_initial_metadata(metadata)
-        elif metadata:
-            # A gRPC client gets it with the status: sending initial metadata
-            # on its own costs a batch of its own (~15 % of a GetContact).
+            metadata += self._replies.metadata(method_name)  # rest.lua reads the kind
+        if metadata:
+            # With the status, in the reply's one batch (rest.lua makes REST
+            # headers of it). Initial metadata would go in a batch of its own:
+            # ~15 % of a GetContact, and a worker killed between the two leaves
+            # Envoy a reply begun, which it cannot send elsewhere.
             context.set_trailing_metadata((*(context.trailing_metadata() or ()), *metadata))
         return response
 

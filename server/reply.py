@@ -1,8 +1,9 @@
 """What a call's reply carries besides its message: metadata that any hop adds
 (rate-limit headers, an ETag, REST facts) and the error interceptor sends once,
-as initial metadata with a reply or as trailing metadata with an error.
+as trailing metadata, with the status.
 
-Envoy turns both into REST response headers (see ../shared/ENVOY-NOTES.md).
+REST clients get it as response headers: Envoy makes headers of an error's
+trailers-only reply, and envoy/rest.lua of a reply's trailers.
 Each call runs in a task of its own, so what one call gathers is its own.
 """
 
