@@ -153,13 +153,15 @@ class _Sink:
         self.pending: list[str] = []
 
     def add(self, line: str) -> None:
+        if self.pending:  # a flush is due already (get_running_loop calls getpid())
+            self.pending.append(line)
+            return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # not on an event loop: at once
             self.write([line])
             return
-        if not self.pending:
-            loop.call_later(FLUSH_EVERY, self.flush)
+        loop.call_later(FLUSH_EVERY, self.flush)
         self.pending.append(line)
 
     def flush(self) -> None:
