@@ -75,6 +75,7 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Event | None = None
+        self._tally: metrics.Tally | None = None  # the servers' metrics not yet flushed
 
     def start(self) -> None:
         ready: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
@@ -86,7 +87,8 @@ class App:
 
     def drain(self) -> None:
         """Health says NOT_SERVING from now on (whatever the database probe finds), and
-        calls are still served: Envoy's health checks see it and send elsewhere."""
+        calls are still served: an Envoy that health-checks this server (`python -m
+        server envoy`) sees it and sends elsewhere."""
         if self._loop is not None:
             coroutine = self._health.enter_graceful_shutdown()
             asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
@@ -108,6 +110,7 @@ class App:
             )
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             health_servicer = health_aio.HealthServicer()
+            self._tally = metrics.Tally() if self.settings.metrics_port else None
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
@@ -125,6 +128,7 @@ class App:
                         # A port the kernel picks (0) is this process's alone.
                         self.reuse_port and port != 0,
                         health_servicer,
+                        self._tally,
                     )
                 )
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -146,6 +150,8 @@ class App:
         await self._health.enter_graceful_shutdown()
         metrics.HEALTH_SERVING.set(0)
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
+        if self._tally is not None:  # the last calls' figures: no flush is due any more
+            self._tally.flush()
         assert self._finished is not None
         self._finished.set()
 
@@ -197,6 +203,7 @@ def build_server(
     buckets: Buckets,
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
+    tally: metrics.Tally | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
@@ -212,7 +219,7 @@ def build_server(
     limiter = RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens)
     server = grpc.aio.server(
         interceptors=[
-            CallInterceptor(limiter.client, metrics=settings.metrics_port != 0),
+            CallInterceptor(limiter.client, tally),
             ErrorInterceptor(settings.read_timeout),
             RestPathInterceptor(PathBindings()),
             limiter,

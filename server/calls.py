@@ -18,7 +18,7 @@ import grpc
 from google.protobuf import descriptor_pool
 
 from server import logs
-from server.metrics import MethodMetrics, grpc_type
+from server.metrics import MethodMetrics, Tally, grpc_type
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +116,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     is written and remembered on the Call, so it is decided once.
     """
 
-    def __init__(self, client: Callable[[grpc.aio.ServicerContext], str], metrics: bool) -> None:
+    def __init__(
+        self, client: Callable[[grpc.aio.ServicerContext], str], tally: Tally | None
+    ) -> None:
         self._client = client
-        self._metrics = metrics
+        self._tally = tally  # where the metrics go; None: no metrics
         self._handlers: dict[str, Any] = {}
 
     async def intercept_service(self, continuation: Callable, details: Any) -> Any:
@@ -136,7 +138,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def _observed(self, inner: Any, path: str) -> Any:
         kind = _kind(path, inner)
-        method = _Method(path, MethodMetrics(path, kind) if self._metrics else None)
+        metrics = None if self._tally is None else MethodMetrics(path, kind, self._tally)
+        method = _Method(path, metrics)
         options = {
             "request_deserializer": inner.request_deserializer,
             "response_serializer": inner.response_serializer,

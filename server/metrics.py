@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import logging
 import math
 import threading
 from bisect import bisect_left
@@ -33,6 +34,8 @@ from prometheus_client import (
 )
 from prometheus_client.multiprocess import MultiProcessCollector
 
+log = logging.getLogger(__name__)
+
 disable_created_metrics()  # *_created series: noise next to counters that start at 0
 
 # The variable that puts prometheus_client in multiprocess mode, naming where a
@@ -48,6 +51,7 @@ HANDLED = Counter(
 )
 # Reads take a fraction of a millisecond: the usual buckets start at 5 ms, so
 # finer ones come first.
+FLUSH_SECONDS = 0.05  # how far behind the calls a scrape may be (Tally)
 SECONDS_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 _BOUNDS = (*SECONDS_BUCKETS, math.inf)  # as the Histogram's: bisect finds a value's bucket
 HANDLING_SECONDS = Histogram(
@@ -90,63 +94,73 @@ def grpc_type(request_streaming: bool, response_streaming: bool) -> str:
 
 class MethodMetrics:
     """One RPC's grpc_server_* figures. A call adds to plain numbers here, and they go
-    to prometheus_client together at most FLUSH_SECONDS later (tally.flush()).
+    to prometheus_client together, at most FLUSH_SECONDS later (Tally).
 
     Why not inc() per call: in multiprocess mode every inc() takes a lock, asks
     the kernel for the pid and writes the file, 3-5 µs; the four a call needs
     cost 12 µs, 3 % of a GetContact's server CPU, where these additions cost 1 µs.
     """
 
-    def __init__(self, method_path: str, kind: str) -> None:
+    def __init__(self, method_path: str, kind: str, tally: Tally) -> None:
         service, _, method = method_path.strip("/").partition("/")
         self._labels = (kind, service, method)
-        self._started = STARTED.labels(*self._labels)
-        self._seconds = HANDLING_SECONDS.labels(*self._labels)
+        self._tally = tally
+        self._started_child = STARTED.labels(*self._labels)
+        self._seconds_child = HANDLING_SECONDS.labels(*self._labels)
         self._handled_children: dict[grpc.StatusCode, Any] = {}
-        self._children_of(grpc.StatusCode.OK)  # the series a scrape expects, from 0
+        self._handled_child(grpc.StatusCode.OK)  # the series a scrape expects, from 0
         # Since the last flush:
-        self.started = 0
-        self.handled: dict[grpc.StatusCode, int] = {}
-        self.buckets = [0] * len(_BOUNDS)  # observations per bucket, not cumulative
-        self.seconds = 0.0
+        self._started = 0
+        self._handled: dict[grpc.StatusCode, int] = {}
+        self._buckets = [0] * len(_BOUNDS)  # observations per bucket, not cumulative
+        self._seconds = 0.0
 
     def begin(self) -> None:
-        self.started += 1
-        tally.mark(self)
+        self._started += 1
+        self._tally.mark(self)
 
     def end(self, code: grpc.StatusCode, seconds: float) -> None:
-        self.handled[code] = self.handled.get(code, 0) + 1
-        self.buckets[bisect_left(_BOUNDS, seconds)] += 1
-        self.seconds += seconds
-        tally.mark(self)
+        self._handled[code] = self._handled.get(code, 0) + 1
+        self._buckets[bisect_left(_BOUNDS, seconds)] += 1
+        self._seconds += seconds
+        self._tally.mark(self)
 
     def flush(self) -> None:
-        if self.started:
-            self._started.inc(self.started)
-            self.started = 0
-        for code, count in self.handled.items():
-            self._children_of(code).inc(count)
-        self.handled = {}
-        if self.seconds or any(self.buckets):
+        # Taken before any inc(): a flush that fails half-way loses figures
+        # rather than counting them twice at the next.
+        started, handled, buckets, seconds = (
+            self._started,
+            self._handled,
+            self._buckets,
+            self._seconds,
+        )
+        self._started, self._handled, self._seconds = 0, {}, 0.0
+        self._buckets = [0] * len(_BOUNDS)
+        if started:
+            self._started_child.inc(started)
+        for code, count in handled.items():
+            self._handled_child(code).inc(count)
+        if any(buckets):
             # A Histogram has no public way to add several observations at
             # once; these are the values its observe() adds to.
-            for bucket, count in zip(self._seconds._buckets, self.buckets, strict=True):
+            for value, count in zip(self._seconds_child._buckets, buckets, strict=True):
                 if count:
-                    bucket.inc(count)
-            self._seconds._sum.inc(self.seconds)
-            self.buckets = [0] * len(_BOUNDS)
-            self.seconds = 0.0
+                    value.inc(count)
+            self._seconds_child._sum.inc(seconds)
 
-    def _children_of(self, code: grpc.StatusCode) -> Any:
+    def _handled_child(self, code: grpc.StatusCode) -> Any:
         child = self._handled_children.get(code)
         if child is None:
             child = self._handled_children[code] = HANDLED.labels(*self._labels, code.name)
         return child
 
 
-class _Tally:
-    """The MethodMetrics with figures not yet flushed, and when they will be: on the
-    event loop FLUSH_SECONDS after the first, or at once off a loop, and at exit."""
+class Tally:
+    """One server's MethodMetrics with figures not yet flushed, and when they will be:
+    on its event loop, FLUSH_SECONDS after the first; at once, off a loop. The
+    server flushes it once it has stopped (App), and exit does (a backstop).
+    A worker killed outright loses at most its last FLUSH_SECONDS of figures.
+    """
 
     def __init__(self) -> None:
         self._dirty: set[MethodMetrics] = set()
@@ -159,18 +173,18 @@ class _Tally:
             try:
                 asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
             except RuntimeError:
-                method.flush()
+                self._dirty.add(method)
+                self.flush()
                 return
         self._dirty.add(method)
 
     def flush(self) -> None:
         dirty, self._dirty = self._dirty, set()
         for method in dirty:
-            method.flush()
-
-
-FLUSH_SECONDS = 0.05  # how stale a scrape may be; Prometheus scrapes every few seconds
-tally = _Tally()
+            try:
+                method.flush()
+            except Exception:  # the figures are lost; the others still go out
+                log.exception("cannot flush the metrics of %s", "/".join(method._labels[1:]))
 
 
 def pool_in_use(database: object) -> int:

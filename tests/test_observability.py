@@ -4,6 +4,7 @@ client can cause."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -21,10 +22,12 @@ import h2.connection
 import pytest
 import requests
 from grpc_reflection.v1alpha import reflection_pb2
+from prometheus_client import REGISTRY
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.app import create_app
+from server.metrics import MethodMetrics, Tally
 from server.offload import Offload
 from server.settings import Settings
 from server.store import Store
@@ -350,3 +353,39 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback_and_request_id(
         assert "the store is broken" in line.fields["cause"]  # type: ignore[attr-defined]
     finally:
         app.stop(grace=1)
+
+
+def test_a_flush_that_fails_half_way_never_counts_a_call_twice(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The figures go to prometheus_client in batches (server/metrics.py): one that
+    fails part way loses what was left, and the next batch adds only its own."""
+    name = f"Method{uuid.uuid4().hex[:8]}"
+    path = f"/test.Flaky/{name}"
+    labels = {"grpc_type": "unary", "grpc_service": "test.Flaky", "grpc_method": name}
+
+    def handled(code: str) -> float:
+        found = REGISTRY.get_sample_value("grpc_server_handled_total", labels | {"grpc_code": code})
+        return found or 0.0
+
+    tally = Tally()
+    method = MethodMetrics(path, "unary", tally)
+    real = method._handled_child
+
+    def broken(code: grpc.StatusCode) -> Any:
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise RuntimeError("the metrics file is gone")
+        return real(code)
+
+    async def calls() -> None:  # on a loop, as in the server: flushed in batches
+        method.end(grpc.StatusCode.OK, 0.001)
+        method.end(grpc.StatusCode.NOT_FOUND, 0.001)
+        monkeypatch.setattr(method, "_handled_child", broken)
+        tally.flush()  # adds OK, then fails
+        monkeypatch.setattr(method, "_handled_child", real)
+        method.end(grpc.StatusCode.OK, 0.001)
+        tally.flush()
+
+    asyncio.run(calls())
+    assert "cannot flush the metrics" in caplog.text
+    assert handled("OK") == 2
