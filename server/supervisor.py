@@ -108,6 +108,7 @@ class Supervisor:
         self.metrics_dir = metrics_dir  # where the workers write their metrics
         self.endpoints = endpoints
         self.listed: list[int] | None = None  # the ports the file lists; None: not written yet
+        self.unlisted = False  # the last write of the file failed
         self.workers = workers
         self.envoy_command = envoy
         self.live: list[Child] = []  # workers starting or serving
@@ -123,6 +124,8 @@ class Supervisor:
         try:
             while True:
                 self._start_missing(time.monotonic())
+                if self.unlisted:
+                    self._list_serving()
                 came, readable = signals.wait(1.0, self._ready_fds())
                 for fd in readable:
                     self._reported(fd)
@@ -260,8 +263,14 @@ class Supervisor:
         ports = sorted(c.proxy_port for c in self.live if c.serving)
         if self.endpoints is None or ports == self.listed:
             return
-        endpoints.write(self.endpoints, ports)
-        self.listed = ports
+        try:
+            endpoints.write(self.endpoints, ports)
+        except OSError as error:  # a full disk, say: Envoy keeps the last list
+            if not self.unlisted:
+                log.error("cannot write Envoy's endpoints (%s); trying again each second", error)
+            self.unlisted = True
+            return
+        self.listed, self.unlisted = ports, False
         log.info("Envoy sends to %s", ", ".join(f":{port}" for port in ports) or "no worker")
 
     @staticmethod

@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.settings import PROJECT_ROOT, Settings
+from server.supervisor import Supervisor
 from tests.harness import SERVE, Server, Stack, free_port, spawn, wait_for
 from tests.test_operations import gone, port_free
 from tests.test_stack import stop_cleanly
@@ -198,3 +199,15 @@ def test_a_child_whose_supervisor_died_first_does_not_run() -> None:
         timeout=30,
     )
     assert ran.returncode == -signal.SIGTERM
+
+
+def test_an_endpoints_file_that_cannot_be_written_stops_nothing(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A full disk, say: the supervisor says so and tries again; it does not fall
+    over (its `finally` would take every worker and Envoy down with it)."""
+    supervisor = Supervisor(settings, 1, None, endpoints=Path("/dev/null/endpoints.json"))
+    supervisor._list_serving()
+    supervisor._list_serving()
+    assert supervisor.unlisted and supervisor.listed is None
+    assert caplog.text.count("cannot write Envoy's endpoints") == 1  # said once, not each second
