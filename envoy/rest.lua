@@ -1,5 +1,7 @@
 -- Gives REST clients the seed's replies where the gRPC-JSON transcoder alone
--- cannot (see ../shared/ENVOY-NOTES.md). What each reply needs is decided by
+-- cannot (see ../shared/ENVOY-NOTES.md; unlike what it advises, replies carry
+-- their metadata in the trailers, and this filter makes headers of them, so
+-- that a reply is one batch). What each reply needs is decided by
 -- the RPC that answered, as the proto declares it: the server reads the RPC's
 -- (contacts.options.v1.rest) option and says so in response metadata, so
 -- this filter holds no table of RPCs and never guesses from a body's shape:
@@ -231,13 +233,21 @@ function envoy_on_response(handle)
   -- body() invalidates the header handle taken before it.
   headers = handle:headers()
   local reply = nil
+  local copied = {}
   for _, pair in ipairs(sent) do
     local name, value = pair[1], pair[2]
     trailers:remove(name)
     if name == REPLY_HEADER then
       reply = value
     elseif name:sub(1, 5) ~= "grpc-" then
-      headers:replace(name, value)
+      -- The first of a name replaces what Envoy set (x-request-id, the same
+      -- id); a name sent again is one more header of that name.
+      if copied[name] then
+        headers:add(name, value)
+      else
+        headers:replace(name, value)
+        copied[name] = true
+      end
     end
   end
   if reply == "created" then
