@@ -114,7 +114,8 @@ class Settings:
     log_level: str = "info"  # "warning" drops the line per call
     metrics_port: int = 9464  # Prometheus /metrics (all interfaces); 0: no metrics at all
     # After SIGTERM: seconds a server keeps serving while its health says
-    # NOT_SERVING, so that Envoy's health checks see it before it goes.
+    # NOT_SERVING, so that an Envoy's health checks see it before it goes, and
+    # `run`'s Envoy has read the endpoints the worker left.
     drain_seconds: float = 5.0
     # The servers `python -m server envoy` sends to; empty: this host's proxy port.
     upstreams: Upstreams = ()

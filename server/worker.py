@@ -8,8 +8,9 @@ own, which the supervisor lists for its Envoy while the worker serves.
 
 Stopping (SIGTERM or SIGINT): health turns NOT_SERVING while calls are still
 served for CONTACTS_DRAIN_SECONDS, long enough for Envoy to send new calls
-elsewhere (its health checks see it; `run`'s Envoy was told before the
-SIGTERM); then the server stops accepting, gives the calls in flight
+elsewhere (an Envoy elsewhere sees it by health checks; `run`'s Envoy, in a
+rolling restart, was told before the SIGTERM, and in a full stop has nowhere
+else to send); then the server stops accepting, gives the calls in flight
 STOP_GRACE_SECONDS to finish, and the process exits 0. A worker whose
 supervisor is gone skips the drain: nobody is steering traffic around it, and
 its ports must come free for the next run.
