@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 import requests
 
 from contacts.v1 import contacts_pb2_grpc
@@ -44,6 +45,21 @@ def in_threads(n: int, call: Callable[[Any], Any], requests: Iterable[Any]) -> l
         futures = [pool.submit(run, request) for request in requests]
         start.set()
         return [future.result() for future in futures]
+
+
+REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis for the tests that share rate-limit buckets: required in CI, else skipped."""
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
+    except redis.RedisError as error:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {error}")
+        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
+    return REDIS_URL
 
 
 @pytest.fixture(scope="session")

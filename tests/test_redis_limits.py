@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import secrets
 import shutil
 import socket
@@ -27,19 +26,6 @@ from server.settings import Settings
 from tests.conftest import bearer
 from tests.harness import Server, free_port, wait_for
 from tests.test_rate_limits import Clock
-
-REDIS_URL = os.environ.get("CONTACTS_TEST_REDIS", "redis://127.0.0.1:6379/15")
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> str:
-    try:
-        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1).ping()
-    except redis.RedisError as error:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"Redis is not reachable at {REDIS_URL}: {error}")
-        pytest.skip(f"no Redis at {REDIS_URL}: {error}")
-    return REDIS_URL
 
 
 def test_concurrent_calls_get_exactly_one_shared_bucket(redis_url: str) -> None:
