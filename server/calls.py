@@ -24,8 +24,9 @@ log = logging.getLogger(__name__)
 
 REQUEST_ID = "x-request-id"  # Envoy's header; gRPC metadata of the same name
 # A request id a client sent is kept if it is a plain token (Envoy's are UUIDs);
-# anything else would let a client write what it likes into the log.
-_USABLE_ID = re.compile(r"[\w.:/+=-]{1,128}", re.ASCII).fullmatch
+# anything else would let a client write what it likes into the log. A plain
+# token is written bare in text and JSON lines alike, with no check per line.
+_USABLE_ID = re.compile(r"[\w.:/+-]{1,128}", re.ASCII).fullmatch
 # Codes that mean the server failed, not the client: their lines are WARNINGs.
 SERVER_FAULTS = frozenset(
     {
@@ -35,6 +36,7 @@ SERVER_FAULTS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+_FAULT_NAMES = frozenset(code._name_ for code in SERVER_FAULTS)  # see _end
 QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})  # probed every few seconds: DEBUG
 
 
@@ -229,14 +231,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         elapsed = time.perf_counter() - call.started
         if method.metrics is not None:
             method.metrics.end(code, elapsed)
-        level = logging.WARNING if code in SERVER_FAULTS else method.level
+        # An Enum's .name and its hash run Python code (1,700 and 1,100 instructions,
+        # a tenth of the line); _name_ is the attribute they read.
+        name = code._name_
+        level = logging.WARNING if name in _FAULT_NAMES else method.level
         if not log.isEnabledFor(level):  # nothing is formatted for a line not written
             return
-        method.lines.write(
-            level,
-            code.name,
-            round(elapsed * 1000, 3),
-            self._client_of(call, context),
-            call.request_id,
-            call.cause,
-        )
+        client = call.client if call.client is not None else self._client_of(call, context)
+        method.lines.write(level, name, elapsed, client, call.request_id, call.cause)

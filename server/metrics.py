@@ -107,11 +107,11 @@ class MethodMetrics:
         self._tally = tally
         self._started_child = STARTED.labels(*self._labels)
         self._seconds_child = HANDLING_SECONDS.labels(*self._labels)
-        self._handled_children: dict[grpc.StatusCode, Any] = {}
-        self._handled_child(grpc.StatusCode.OK)  # the series a scrape expects, from 0
+        self._handled_children: dict[str, Any] = {}  # by code name (Enum hashes are slow)
+        self._handled_child("OK")  # the series a scrape expects, from 0
         # Since the last flush:
         self._started = 0
-        self._handled: dict[grpc.StatusCode, int] = {}
+        self._handled: dict[str, int] = {}
         self._buckets = [0] * len(_BOUNDS)  # observations per bucket, not cumulative
         self._seconds = 0.0
 
@@ -120,7 +120,8 @@ class MethodMetrics:
         self._tally.mark(self)
 
     def end(self, code: grpc.StatusCode, seconds: float) -> None:
-        self._handled[code] = self._handled.get(code, 0) + 1
+        name = code._name_  # what .name reads, without Enum's Python-level property
+        self._handled[name] = self._handled.get(name, 0) + 1
         self._buckets[bisect_left(_BOUNDS, seconds)] += 1
         self._seconds += seconds
         self._tally.mark(self)
@@ -148,10 +149,10 @@ class MethodMetrics:
                     value.inc(count)
             self._seconds_child._sum.inc(seconds)
 
-    def _handled_child(self, code: grpc.StatusCode) -> Any:
+    def _handled_child(self, code: str) -> Any:
         child = self._handled_children.get(code)
         if child is None:
-            child = self._handled_children[code] = HANDLED.labels(*self._labels, code.name)
+            child = self._handled_children[code] = HANDLED.labels(*self._labels, code)
         return child
 
 
