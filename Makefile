@@ -68,13 +68,16 @@ validate-envoy: $(STAMP) $(BUF)
 
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
 # and REST through Envoy (wrk), on SQLite and on PostgreSQL at PG_DSN (skipped,
-# loudly, without a server), then GetContact with metrics and logs on and off.
-# About 7 minutes; everything measured also goes to bench/results.json. h2load
-# and wrk come from Debian, installed on first use.
+# loudly, without a server), then GetContact with metrics and logs on and off
+# (timed, and counted in instructions under valgrind). About 10 minutes;
+# everything measured also goes to bench/results.json. h2load, wrk and valgrind
+# come from Debian, installed on first use.
 bench: $(STAMP)
 	@command -v h2load >/dev/null || apt-get install -y nghttp2-client \
 	  || { apt-get update && apt-get install -y nghttp2-client; }
 	@command -v wrk >/dev/null || apt-get install -y wrk || { apt-get update && apt-get install -y wrk; }
+	@command -v valgrind >/dev/null || apt-get install -y valgrind \
+	  || { apt-get update && apt-get install -y valgrind; }
 	$(PY) -m bench.limiter
 	$(PY) -m bench --postgres $(PG_DSN) $(BENCH_ARGS)
 

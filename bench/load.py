@@ -57,21 +57,12 @@ def h2load(url: str, body: Path, headers: dict[str, str], load: Load, log: Path)
         "--threads=1",
         f"--duration={load.duration:g}",
         f"--warm-up-time={load.warmup:g}",
-        f"--data={body}",
         f"--log-file={log}",
-        "--header=content-type: application/grpc",
-        "--header=te: trailers",
-        *(f"--header={name}: {value}" for name, value in headers.items()),
-        url,
+        *_grpc_options(url, body, headers),
     ]
     log.unlink(missing_ok=True)  # h2load appends
     output = _run(command, load.duration + load.warmup + 60)
-    counts = _find(
-        r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, "
-        r"(\d+) errored, (\d+) timeout",
-        output,
-    )
-    codes = _find(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    counts, codes = _h2load_counts(output)
     # h2load prints no percentiles; its per-request log of the measured span
     # (start, status, microseconds) gives them.
     latencies = sorted(int(line.split("\t")[2]) / 1000 for line in log.read_text().splitlines())
@@ -82,6 +73,36 @@ def h2load(url: str, body: Path, headers: dict[str, str], load: Load, log: Path)
         requests=int(counts[0]),
         errors=sum(int(n) for n in counts[1:] + codes),
     )
+
+
+def h2load_requests(url: str, body: Path, headers: dict[str, str], requests: int) -> None:
+    """Exactly `requests` unary gRPC calls, 16 in flight; LoadError if one was not a 200."""
+    command = ["h2load", f"--requests={requests}", "--clients=4", "--max-concurrent-streams=4"]
+    output = _run([*command, *_grpc_options(url, body, headers)], 600)
+    counts, codes = _h2load_counts(output)
+    if int(counts[0]) != requests or any(int(n) for n in counts[1:] + codes):
+        raise LoadError(f"not every request of {requests} succeeded:\n{output}")
+
+
+def _grpc_options(url: str, body: Path, headers: dict[str, str]) -> list[str]:
+    return [
+        f"--data={body}",
+        "--header=content-type: application/grpc",
+        "--header=te: trailers",
+        *(f"--header={name}: {value}" for name, value in headers.items()),
+        url,
+    ]
+
+
+def _h2load_counts(output: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(done, failed, errored, timeout) and the (3xx, 4xx, 5xx) status counts."""
+    counts = _find(
+        r"requests: \d+ total, \d+ started, (\d+) done, \d+ succeeded, (\d+) failed, "
+        r"(\d+) errored, (\d+) timeout",
+        output,
+    )
+    codes = _find(r"status codes: \d+ 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    return counts, codes
 
 
 def wrk(

@@ -12,6 +12,8 @@ import math
 import statistics
 from typing import Any
 
+from bench.instructions import Count
+
 Row = dict[str, Any]
 GRPC, GRPC_ENVOY, REST = "gRPC", "gRPC via Envoy", "REST via Envoy"
 
@@ -161,9 +163,10 @@ def info_lines(
 OBSERVABILITY_BOUND = 0.05  # issue 11: metrics and the line per call cost at most 5 %
 
 
-def observability_lines(rows: list[Row]) -> str:
+def observability_lines(rows: list[Row], counted: Count | None = None) -> str:
     """What metrics and the log line per call cost GetContact: req/s and the server's CPU
-    per reply, each the median of its runs with them on and off."""
+    per reply, each the median of its rows with them on and off (over several pairs of
+    server processes), and the instructions per call when they were counted."""
     lines = ["metrics and the line per call (sqlite x1 GetContact, on vs off, alternated):"]
     for door in (GRPC, REST):
         runs = {
@@ -183,5 +186,12 @@ def observability_lines(rows: list[Row]) -> str:
             f"  {door:<15} on {rps['on']:8,.0f} req/s  off {rps['off']:8,.0f} req/s  "
             f"cost {cost:6.1%} (<= {OBSERVABILITY_BOUND:.0%}) {verdict:<7} server CPU per "
             f"reply {cpu['on']:.0f} vs {cpu['off']:.0f} µs ({cpu_cost:+.1%})"
+        )
+    if counted is not None:
+        verdict = "met" if counted.cost <= OBSERVABILITY_BOUND else "MISSED"
+        lines.append(
+            f"  {'instructions':<15} on {counted.on:8,.0f}/call  off {counted.off:8,.0f}/call  "
+            f"cost {counted.cost:6.1%} (<= {OBSERVABILITY_BOUND:.0%}) {verdict:<7} gRPC, the "
+            "server's user space, counted by callgrind: steady from run to run"
         )
     return "\n".join(lines)

@@ -30,7 +30,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import report
+from bench import instructions, report
 from bench.calls import Call, CheckFailed, Client, create_contact, get_contact, list_contacts
 from bench.load import Load, LoadError, h2load, wrk
 from server.auth import Tokens
@@ -57,6 +57,7 @@ class Run:
     quiet: list[Row] = field(default_factory=list)  # the baseline at 1 request in flight
     ceiling: list[Row] = field(default_factory=list)  # the bare grpc.aio server (--aio)
     observed: list[Row] = field(default_factory=list)  # GetContact, metrics and log on and off
+    counted: instructions.Count | None = None  # the same, in instructions per call
 
 
 @dataclass(frozen=True)
@@ -171,16 +172,39 @@ def measure_baseline(run: Run) -> None:
 UNOBSERVED = {"CONTACTS_METRICS_PORT": "0", "CONTACTS_LOG_LEVEL": "warning"}
 
 
+# Rounds of a fresh pair of stacks: two server processes of one configuration
+# differ by up to 3 % in req/s, which one pair would count as the cost.
+OBSERVABILITY_ROUNDS = 4  # even: each state starts first as often
+
+
 def measure_observability(run: Run, env: dict[str, str], contact: str) -> None:
     """GetContact on two stacks over one database, metrics and log lines on (the default,
-    and every row above) and off, alternated so that the machine's drift hits both."""
-    print("== sqlite, 1 worker: metrics and the line per call on, then off", flush=True)
+    and every row above) and off, alternated so that the machine's drift hits both; then
+    the same counted in instructions, if valgrind is installed."""
     call = get_contact(contact)
-    with started(run, "sqlite", env) as on, started(run, "sqlite", env | UNOBSERVED) as off:
-        for door in (GRPC, REST):
-            for stack, state in ((on, "on"), (off, "off"), (off, "off"), (on, "on")) * 2:
-                row = measure(run, stack, call, door)
-                run.observed.append(row | {"observability": state})
+    for round_ in range(1, OBSERVABILITY_ROUNDS + 1):
+        print(
+            f"== sqlite, 1 worker: metrics and the line per call on and off, pair {round_}",
+            flush=True,
+        )
+        # Which starts first, and is measured first, changes from pair to pair.
+        states = {"on": env, "off": env | UNOBSERVED}
+        first, second = ("on", "off") if round_ % 2 else ("off", "on")
+        with (
+            started(run, "sqlite", states[first]) as a,
+            started(run, "sqlite", states[second]) as b,
+        ):
+            for door in (GRPC, REST):
+                for stack, state in ((a, first), (b, second), (b, second), (a, first)):
+                    row = measure(run, stack, call, door)
+                    run.observed.append(row | {"observability": state, "pair": round_})
+    if not instructions.available():
+        print("== instructions per call: SKIPPED (valgrind is not installed)", flush=True)
+        return
+    print("== instructions per call (callgrind): metrics and the line per call on, then off")
+    headers = {"authorization": f"Bearer {run.token}"}
+    run.counted = instructions.count(env, env | UNOBSERVED, call, headers, run.workdir)
+    print(f"  on {run.counted.on:,.0f}  off {run.counted.off:,.0f}  ({run.counted.cost:+.1%})")
 
 
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
@@ -273,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.target_lines(targets))
     print(report.info_lines(run.quiet, run.memory_mib, run.ceiling, run.rows))
-    print(report.observability_lines(run.observed))
+    print(report.observability_lines(run.observed, run.counted))
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -284,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets": targets,
         "unloaded": run.quiet,
         "observability": run.observed,
+        "instructions": asdict(run.counted) if run.counted else None,
         "row_cost_us": run.row_cost_us,
         "memory_mib": run.memory_mib,
         "skipped": skipped,

@@ -1,0 +1,145 @@
+"""What metrics and the line per call cost, counted in instructions: the server serves
+GetContact under valgrind's callgrind, once with them on and once off, and the count
+per call of each is compared.
+
+Req/s and CPU time on a shared machine move from run to run by more than the 5 %
+this is bounded by; an instruction count is the same run after run, whatever else
+the machine does. It counts what the server's own process runs in user space
+(Python, grpc, SQLite), not the kernel's share of a call nor what a cache miss
+costs, so it is a steady floor beside the timed rows, not a replacement for them.
+
+The server runs in the process valgrind starts (`python -m bench.instructions serve`):
+the app a worker runs (server.app), with the settings it would have, without the
+supervisor. Only the calls between callgrind's zero and dump are counted (start-up
+and a warm-up are not).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.calls import Call
+from bench.load import h2load_requests
+
+# Under callgrind the server runs ~50 times slower: flushed every 2.5 s, its batches of
+# lines and of metrics are as large as at full speed every 50 ms.
+FLUSH_UNDER_VALGRIND = 2.5
+WARMUP_CALLS = 300
+CALLS = 1000
+
+
+@dataclass(frozen=True)
+class Count:
+    on: float  # instructions per call with metrics and the line per call
+    off: float
+
+    @property
+    def cost(self) -> float:
+        return self.on / self.off - 1
+
+
+def available() -> bool:
+    return shutil.which("valgrind") is not None and shutil.which("callgrind_control") is not None
+
+
+def count(
+    on: dict[str, str], off: dict[str, str], call: Call, headers: dict[str, str], workdir: Path
+) -> Count:
+    """Instructions per `call` over gRPC with the settings of `on` (metrics written to
+    files, as a worker's are) and of `off`."""
+    body = workdir / "instructions.grpc"
+    body.write_bytes(call.framed())
+    return Count(
+        on=_per_call("on", on, call.grpc_path, body, headers, workdir),
+        off=_per_call("off", off, call.grpc_path, body, headers, workdir),
+    )
+
+
+def _per_call(
+    label: str,
+    env: dict[str, str],
+    url_path: str,
+    body: Path,
+    headers: dict[str, str],
+    workdir: Path,
+) -> float:
+    out = workdir / f"callgrind-{label}.out"
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")} | env
+    environment |= {"CONTACTS_PORT": "0", "CONTACTS_PROXY_PORT": "0"}
+    if env.get("CONTACTS_METRICS_PORT") != "0":
+        metrics_dir = workdir / f"metrics-{label}"
+        metrics_dir.mkdir(exist_ok=True)
+        environment["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        f"--callgrind-out-file={out}",
+        f"--log-file={workdir / f'valgrind-{label}.log'}",
+        sys.executable,
+        "-m",
+        "bench.instructions",
+        "serve",
+    ]
+    with open(workdir / f"server-{label}.log", "w") as log:
+        server = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=log, env=environment, text=True
+        )
+    try:
+        assert server.stdout is not None
+        port = int(server.stdout.readline() or 0)  # printed once it serves
+        if not port:
+            raise RuntimeError(f"the server under valgrind did not start: see {log.name}")
+        url = f"http://127.0.0.1:{port}{url_path}"
+        h2load_requests(url, body, headers, WARMUP_CALLS)
+        _control("--zero", server.pid)
+        h2load_requests(url, body, headers, CALLS)
+        _control("--dump", server.pid)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(120)
+    dumps = [p for p in workdir.glob(f"{out.name}.*") if p.suffix[1:].isdigit()]
+    if len(dumps) != 1:
+        raise RuntimeError(f"callgrind wrote {len(dumps)} dumps, not 1, in {workdir}")
+    for line in dumps[0].read_text(errors="replace").splitlines():
+        if line.startswith(("summary:", "totals:")):
+            return int(line.split()[1]) / CALLS
+    raise RuntimeError(f"no instruction count in {dumps[0]}")
+
+
+def _control(option: str, pid: int) -> None:
+    subprocess.run(["callgrind_control", option, str(pid)], check=True, capture_output=True)
+
+
+def serve() -> None:
+    """The app a worker runs, until SIGTERM; prints its gRPC port when it serves."""
+    from server import logs, metrics
+    from server.app import create_app
+    from server.settings import Settings
+    from server.store import Store
+
+    logs.FLUSH_EVERY = metrics.FLUSH_SECONDS = FLUSH_UNDER_VALGRIND
+    settings = Settings.from_env()
+    logs.configure(settings.log_format, settings.log_level)
+    stopped = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+    store = Store(settings.database_url, max_connections=settings.threads)
+    app = create_app(settings, store)
+    app.start()
+    print(app.port, flush=True)
+    stopped.wait()
+    app.stop(1)
+    store.close()
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["serve"]:
+        serve()
+    else:
+        sys.exit("usage: python -m bench.instructions serve (run by python -m bench)")
