@@ -227,13 +227,13 @@ class CallLines:
 
     A call only leaves its fields; the lines are made at the flush, together,
     at most FLUSH_EVERY after their calls ended. Measured in one worker under
-    load, its lines switched on and off by turns: made at each call, the line
-    cost 12-22 µs of CPU a call (3-5 % of GetContact's req/s); made together at
-    the flush, at most 6 µs (0-2 %). The instructions are about as many
-    (callgrind: 17,000 a call, 19,500 with the tuple): run back to back, they
-    find the CPU's caches warm. Each
-    step is the cheapest form measured in instructions: a line costs about
-    10,000 where the plain way cost 22,000.
+    load, its lines switched on and off by turns (4-5 runs of 8 rounds): made
+    at each call, a REST GetContact's line cost 12-21 µs of CPU (mean 17);
+    made together, -2 to 14 µs (mean 5); gRPC's was even (means 9.5 and 9).
+    callgrind counts about as many instructions either way (17,000 and
+    19,500): most likely, run back to back, the code finds the CPU's caches
+    warm. Each part of a line is the cheapest form callgrind counted: a line
+    costs about 12,000 instructions where the plain way cost 22,000.
     """
 
     def __init__(self, logger: logging.Logger, method: str) -> None:
