@@ -15,7 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from server import metrics
+from server import logs, metrics
 from server.auth import Tokens
 from server.calls import CallInterceptor
 from server.errors import StoreUnavailable
@@ -152,6 +152,7 @@ class App:
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         if self._tally is not None:  # the last calls' figures: no flush is due any more
             self._tally.flush()
+        logs.flush()  # and their lines
         assert self._finished is not None
         self._finished.set()
 

@@ -185,11 +185,12 @@ class _Sink:
         chunks: list[str] = []
         size = 0
         for line in lines:
-            if size + len(line) >= PIPE_BUF and chunks:
+            length = len(line) if line.isascii() else len(line.encode())  # in bytes
+            if size + length >= PIPE_BUF and chunks:
                 self._write("".join(chunks))
                 chunks, size = [], 0
             chunks.append(line + "\n")
-            size += len(line) + 1
+            size += length + 1
         if chunks:
             self._write("".join(chunks))
 
@@ -204,6 +205,13 @@ class _Sink:
 
 
 _sink: _Sink | None = None
+
+
+def flush() -> None:
+    """Writes the call lines still waiting (a server that stopped: no flush is due on
+    its loop any more, and later lines would wait for exit)."""
+    if _sink is not None:
+        _sink.flush()
 
 
 def _quoted(text: str) -> str:
