@@ -203,8 +203,13 @@ def measure_observability(run: Run, env: dict[str, str], contact: str) -> None:
         return
     print("== instructions per call (callgrind): metrics and the line per call on, then off")
     headers = {"authorization": f"Bearer {run.token}"}
-    run.counted = instructions.count(env, env | UNOBSERVED, call, headers, run.workdir)
-    print(f"  on {run.counted.on:,.0f}  off {run.counted.off:,.0f}  ({run.counted.cost:+.1%})")
+    try:
+        run.counted = instructions.count(env, env | UNOBSERVED, call, headers, run.workdir)
+    except Exception as error:  # the timed rows stand without it
+        print(f"  FAILED: {type(error).__name__}: {error}", flush=True)
+        return
+    on, off = run.counted.on, run.counted.off
+    print(f"  on {on:,.0f}  off {off:,.0f}  ({run.counted.cost:+.1%})", flush=True)
 
 
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
