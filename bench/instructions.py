@@ -64,15 +64,15 @@ def count(
     body = workdir / "instructions.grpc"
     body.write_bytes(call.framed())
     return Count(
-        on=_per_call("on", on, call.grpc_path, body, headers, workdir),
-        off=_per_call("off", off, call.grpc_path, body, headers, workdir),
+        on=_per_call("on", on, call, body, headers, workdir),
+        off=_per_call("off", off, call, body, headers, workdir),
     )
 
 
 def _per_call(
     label: str,
     env: dict[str, str],
-    url_path: str,
+    call: Call,
     body: Path,
     headers: dict[str, str],
     workdir: Path,
@@ -101,15 +101,15 @@ def _per_call(
         )
     try:
         port = _port(server, log)
-        url = f"http://127.0.0.1:{port}{url_path}"
+        url = f"http://127.0.0.1:{port}{call.grpc_path}"
         h2load_requests(url, body, headers, WARMUP_CALLS)
-        _check(port, url_path, body, headers)
+        _check(port, call, headers)
         time.sleep(SETTLE_SECONDS)  # the warm-up's lines and figures flushed before the zero
         _control("--zero", server.pid)
         h2load_requests(url, body, headers, CALLS)
         time.sleep(SETTLE_SECONDS)  # and the measured calls' flushed before the dump
         _control("--dump", server.pid)
-        _check(port, url_path, body, headers)
+        _check(port, call, headers)
     finally:
         # Killed: the count is dumped already, and a graceful stop under valgrind
         # sometimes took minutes.
@@ -136,11 +136,10 @@ def _port(server: subprocess.Popen[str], log: Path) -> int:
     return int(line)
 
 
-def _check(port: int, path: str, body: Path, headers: dict[str, str]) -> None:
+def _check(port: int, call: Call, headers: dict[str, str]) -> None:
     """The call succeeds (h2load counts any HTTP 200, and gRPC errors are 200s too)."""
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        # The framed body without its 5-byte prefix is the request message.
-        channel.unary_unary(path)(body.read_bytes()[5:], metadata=tuple(headers.items()))
+        channel.unary_unary(call.grpc_path)(call.request, metadata=tuple(headers.items()))
 
 
 def _control(option: str, pid: int) -> None:

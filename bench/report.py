@@ -166,9 +166,9 @@ OBSERVABILITY_BOUND = 0.05  # issue 11: metrics and the line per call cost at mo
 def _pair_costs(runs: dict[str, list[Row]]) -> str:
     """The req/s cost within each pair of servers: how far one pair can be from another."""
     costs = []
-    for pair in sorted({r.get("pair", 0) for r in runs["on"]}):
+    for pair in sorted({r["pair"] for r in runs["on"]}):
         on, off = (
-            statistics.mean(r["rps"] for r in runs[state] if r.get("pair", 0) == pair)
+            statistics.mean(r["rps"] for r in runs[state] if r["pair"] == pair)
             for state in ("on", "off")
         )
         costs.append(f"{1 - on / off:.1%}")

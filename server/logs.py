@@ -40,6 +40,8 @@ LEVELS = {
 }
 
 
+_LEVEL_NAMES = {level: logging.getLevelName(level) for level in LEVELS.values()}
+
 # A stamp's ends, made once (the last for a fraction a hair under 1 that rounds up to 1000).
 _MILLIS = tuple(f".{min(ms, 999):03d}Z" for ms in range(1001))
 
@@ -252,7 +254,6 @@ class CallLines:
             f'"logger": {_quoted(logger.name)}, "message": "call", '
             f'"method": {_quoted(method)}, "code": '
         )
-        self._levels = {level: logging.getLevelName(level) for level in LEVELS.values()}
 
     def write(
         self,
@@ -284,7 +285,7 @@ class CallLines:
         """The text of a line write() left (`entry`), in `formatter`'s format."""
         _, created, level, code, seconds, client, request_id, cause = entry
         stamp = formatter.clock.stamp(created)
-        name = self._levels.get(level) or logging.getLevelName(level)
+        name = _LEVEL_NAMES.get(level) or logging.getLevelName(level)
         duration = f"{seconds * 1000:.3f}"
         if formatter.json:
             return (

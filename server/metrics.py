@@ -22,7 +22,6 @@ from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-import grpc
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,
@@ -119,9 +118,9 @@ class MethodMetrics:
         self._started += 1
         self._tally.mark(self)
 
-    def end(self, code: grpc.StatusCode, seconds: float) -> None:
-        name = code._name_  # what .name reads, without Enum's Python-level property
-        self._handled[name] = self._handled.get(name, 0) + 1
+    def end(self, code: str, seconds: float) -> None:
+        """A call that ended with `code` (a grpc.StatusCode's name) after `seconds`."""
+        self._handled[code] = self._handled.get(code, 0) + 1
         self._buckets[bisect_left(_BOUNDS, seconds)] += 1
         self._seconds += seconds
         self._tally.mark(self)
