@@ -148,10 +148,10 @@ def _control(option: str, pid: int) -> None:
 
 def serve() -> None:
     """The app a worker runs, until SIGTERM; prints its gRPC port when it serves."""
-    from server import logs, metrics
-    from server.app import App
+    from server.data.store import Store
+    from server.observability import logs, metrics
+    from server.rpc.app import App
     from server.settings import Settings
-    from server.store import Store
 
     logs.FLUSH_EVERY = metrics.FLUSH_SECONDS = FLUSH_UNDER_VALGRIND
     settings = Settings.from_env()

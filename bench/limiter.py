@@ -19,7 +19,7 @@ import time
 import tracemalloc
 from typing import Any
 
-from server.limits import MAX_BUCKETS, MemoryBuckets
+from server.limits.buckets import MAX_BUCKETS, MemoryBuckets
 
 
 def flood_address(n: int) -> str:

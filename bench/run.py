@@ -33,7 +33,7 @@ import psutil
 from bench import instructions, report
 from bench.calls import Call, CheckFailed, Client, create_contact, get_contact, list_contacts
 from bench.load import Load, LoadError, h2load, wrk
-from server.auth import Tokens
+from server.auth.tokens import Tokens
 from server.settings import PROJECT_ROOT
 from tests.harness import POSTGRES_DSN, SERVE, Envoy, Server, empty_database, postgres_reachable
 

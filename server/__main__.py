@@ -9,14 +9,16 @@ import sys
 import time
 import uuid
 
-from server import logs, migrations, stack, worker
-from server.auth import Tokens
-from server.database import open_database
+from server.observability import logs
 from server.settings import Settings, SettingsError
-from server.store import Store
+
+# Each command imports what it runs: the supervisor's process (`run`, `serve`)
+# never loads the serving code (grpc, peewee, the drivers) its workers run.
 
 
 def envoy_config(settings: Settings, validate: bool, alone: bool) -> int:
+    from server.process import stack
+
     servers = stack.upstreams_of(settings) if alone else stack.endpoints_file(settings)
     path = stack.write_envoy_config(settings, servers)
     if validate:
@@ -28,6 +30,9 @@ def envoy_config(settings: Settings, validate: bool, alone: bool) -> int:
 
 
 def migrate(settings: Settings) -> int:
+    from server.data import migrations
+    from server.data.database import open_database
+
     db = open_database(settings.database_url, max_connections=1)
     with db.connection_context():
         applied = migrations.migrate(db)
@@ -37,6 +42,8 @@ def migrate(settings: Settings) -> int:
 
 
 def seed(settings: Settings, contacts: int, owner: str) -> int:
+    from server.data.store import Store
+
     store = Store(settings.database_url, max_connections=1)
     company = store.create_company(f"Seeded ({contacts} contacts)", owner_id=owner)
     started = time.monotonic()
@@ -49,6 +56,8 @@ def seed(settings: Settings, contacts: int, owner: str) -> int:
 
 
 def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
+    from server.auth.tokens import Tokens
+
     try:
         print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
     except ValueError as error:
@@ -96,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "serve") and args.worker:
             if args.proxy_port is not None:
                 settings = dataclasses.replace(settings, proxy_port=args.proxy_port)
+            from server.process import worker
+
             return worker.serve(settings, args.parent, args.ready_fd)
+        from server.process import stack
+
         if args.command in ("run", "serve"):
             return stack.run(settings, args.workers, envoy=args.command == "run")
         if args.command == "envoy":

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
+# How long a stopping worker gives the calls in flight to finish; the supervisor
+# waits that long too (plus the drain) before it kills one.
+STOP_GRACE_SECONDS = 10.0
 MIN_SECRET_BYTES = 32
 
 

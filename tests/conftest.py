@@ -22,10 +22,10 @@ import redis
 import requests
 
 from contacts.v1 import contacts_pb2_grpc
-from server.app import App, create_app
-from server.auth import Tokens
+from server.auth.tokens import Tokens
+from server.data.store import Store
+from server.rpc.app import App, create_app
 from server.settings import Settings
-from server.store import Store
 from tests import harness
 from tests.harness import Envoy, empty_database
 

@@ -28,7 +28,7 @@ import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from server import stack
+from server.process import stack
 from server.settings import PROJECT_ROOT
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"

@@ -16,10 +16,10 @@ import pytest
 from contacts.options.v1 import options_pb2
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server import auth
-from server.auth import LEEWAY_SECONDS, Caller, Tokens
+from server.auth import tokens as auth
+from server.auth.tokens import LEEWAY_SECONDS, Caller, Tokens
 from server.errors import InvalidToken
-from server.policy import Access, Policies
+from server.rpc.contract import Access, Policies
 from tests.conftest import Rest, bearer, body
 
 NOT_OWNER = "Not enough permissions to access this company\u2019s contacts"

@@ -18,10 +18,10 @@ import pytest
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server import migrations
-from server.database import open_database
+from server.data import migrations
+from server.data.database import open_database
+from server.data.store import Company, Contact, Store
 from server.settings import PROJECT_ROOT
-from server.store import Company, Contact, Store
 from tests.conftest import BACKEND, POSTGRES_DSN, Rest, body, in_threads
 from tests.harness import Server, empty_database
 

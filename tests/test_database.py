@@ -15,13 +15,13 @@ import peewee
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server.app import App
-from server.database import open_database, postgres_parameters
+from server.data.database import open_database, postgres_parameters
+from server.data.offload import Offload
+from server.data.queries import PostgresReads
+from server.data.store import Store
 from server.errors import StoreUnavailable
-from server.offload import Offload
-from server.queries import PostgresReads
+from server.rpc.app import App
 from server.settings import Settings
-from server.store import Store
 from tests.conftest import BACKEND
 from tests.harness import wait_for
 from tests.test_faults import PrivatePostgres, server_binaries
@@ -162,7 +162,7 @@ def test_the_health_probe_survives_any_error(
 
     monkeypatch.setattr(Offload, "ping", flaky)
     app = App(settings, store, host="127.0.0.1", probe_interval=0.05)
-    with caplog.at_level(logging.ERROR, logger="server.app"):
+    with caplog.at_level(logging.ERROR, logger="server.rpc.app"):
         app.start()
         try:
             with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:

@@ -14,7 +14,7 @@ from grpc_status import rpc_status
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.app import App
+from server.rpc.app import App
 from tests.conftest import Rest, body
 from tests.harness import Envoy
 

@@ -151,7 +151,7 @@ def test_outage_is_503_at_once_and_recovers_without_restart(
         )
         # The log names the cause, once for the outage and on each failed call's line.
         log = server_on.log.read_text()
-        assert log.count("ERROR server.app database unreachable: ") == 1
+        assert log.count("ERROR server.rpc.app database unreachable: ") == 1
         assert "Connection refused" in log.split("database unreachable: ")[1].splitlines()[0]
         failed = [line for line in log.splitlines() if "code=UNAVAILABLE" in line]
         # (Envoy sends a read again on UNAVAILABLE: each failed GET is one line or more.)

@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.app import App
+from server.rpc.app import App
 from tests.conftest import bearer
 from tests.harness import Envoy
 

@@ -14,9 +14,9 @@ from grpc_status import rpc_status
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.idempotency import IdempotencyKey
+from server.data.store import Contact, Store, now
+from server.rpc.interceptors.idempotency import IdempotencyKey
 from server.settings import Settings
-from server.store import Contact, Store, now
 from tests.conftest import Rest, bearer, body, in_threads
 from tests.harness import Server
 

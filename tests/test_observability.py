@@ -26,11 +26,11 @@ from prometheus_client import REGISTRY
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.app import create_app
-from server.metrics import MethodMetrics, Tally
-from server.offload import Offload
+from server.data.offload import Offload
+from server.data.store import Store
+from server.observability.metrics import MethodMetrics, Tally
+from server.rpc.app import create_app
 from server.settings import Settings
-from server.store import Store
 from tests.harness import Envoy, Server, wait_for
 
 REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"

@@ -20,11 +20,11 @@ import schemathesis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from openapi_spec_validator import validate
 
-from server.app import create_app
-from server.auth import Tokens
+from server.auth.tokens import Tokens
+from server.data.store import Store
+from server.process.stack import OPENAPI
+from server.rpc.app import create_app
 from server.settings import Settings
-from server.stack import OPENAPI
-from server.store import Store
 from tests.browser import Browser, Refuser, chromium_binary
 from tests.conftest import Rest, body
 from tests.harness import Envoy, wait_for

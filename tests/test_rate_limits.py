@@ -14,11 +14,11 @@ from grpc_status import rpc_status
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.app import App, create_app
-from server.auth import Tokens
-from server.limits import MAX_BUCKETS, WINDOW, MemoryBuckets, Verdict
+from server.auth.tokens import Tokens
+from server.data.store import Store
+from server.limits.buckets import MAX_BUCKETS, WINDOW, MemoryBuckets, Verdict
+from server.rpc.app import App, create_app
 from server.settings import Settings
-from server.store import Store
 from tests.conftest import Rest, bearer, body
 from tests.harness import Envoy, wait_for
 

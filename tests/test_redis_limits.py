@@ -20,8 +20,8 @@ import redis
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.auth import Tokens
-from server.limits import SKIP_AFTER_FAILURE, RedisBuckets
+from server.auth.tokens import Tokens
+from server.limits.buckets import SKIP_AFTER_FAILURE, RedisBuckets
 from server.settings import Settings
 from tests.conftest import bearer
 from tests.harness import Server, free_port, wait_for
@@ -118,7 +118,7 @@ def test_redis_down_fails_open_and_recovers(
 
     async def scenario() -> None:
         buckets = RedisBuckets(f"redis://127.0.0.1:{port}/0", complain_every=3600, clock=clock)
-        with caplog.at_level(logging.ERROR, logger="server.limits"):
+        with caplog.at_level(logging.ERROR, logger="server.limits.buckets"):
             # Down: every call passes, and the outage is logged once.
             assert all(await takes(buckets, 5))
         assert len([r for r in caplog.records if "Redis" in r.getMessage()]) == 1
@@ -166,7 +166,7 @@ def test_after_a_failure_redis_is_skipped_for_a_while(caplog: pytest.LogCaptureF
     async def scenario() -> None:
         buckets = RedisBuckets(f"redis://127.0.0.1:{silent.port}/0", clock=clock)
         try:
-            with caplog.at_level(logging.ERROR, logger="server.limits"):
+            with caplog.at_level(logging.ERROR, logger="server.limits.buckets"):
                 assert await takes(buckets, 1) == [True]  # waited out the timeout: open
             wait_for(lambda: len(silent.connections) == 1, what="the first connection")
             # Open: no call asks Redis, so none waits for it.
@@ -182,7 +182,7 @@ def test_after_a_failure_redis_is_skipped_for_a_while(caplog: pytest.LogCaptureF
         asyncio.run(scenario())
     finally:
         silent.close()
-    said = [r.getMessage() for r in caplog.records if r.name == "server.limits"]
+    said = [r.getMessage() for r in caplog.records if r.name == "server.limits.buckets"]
     assert len(said) == 1
     assert f"not asking it for {SKIP_AFTER_FAILURE:g} s" in said[0]
 

@@ -6,7 +6,7 @@ import re
 import uuid
 from typing import Any
 
-from server.auth import Tokens
+from server.auth.tokens import Tokens
 from tests.conftest import Rest, body
 
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from server.auth import Tokens
+from server.auth.tokens import Tokens
 from server.settings import PROJECT_ROOT, Settings, SettingsError, local_secret
 from tests.harness import Stack, free_port
 

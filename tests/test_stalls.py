@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.app import App, create_app
+from server.data.store import Store
+from server.rpc.app import App, create_app
 from server.settings import Settings
-from server.store import Store
 from tests.conftest import Rest
 from tests.harness import Envoy, wait_for
 

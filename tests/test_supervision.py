@@ -21,8 +21,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
+from server.process.supervisor import Supervisor
 from server.settings import PROJECT_ROOT, Settings
-from server.supervisor import Supervisor
 from tests.harness import SERVE, Server, Stack, free_port, spawn, wait_for
 from tests.test_operations import gone, port_free
 from tests.test_stack import stop_cleanly
@@ -194,7 +194,7 @@ def test_a_child_whose_supervisor_died_first_does_not_run() -> None:
     # it was started by, and must not go on.
     not_my_parent = "1"
     ran = subprocess.run(
-        [sys.executable, "-m", "server.lifeline", not_my_parent, "/bin/sleep", "60"],
+        [sys.executable, "-m", "server.process.lifeline", not_my_parent, "/bin/sleep", "60"],
         cwd=PROJECT_ROOT,
         timeout=30,
     )

@@ -19,15 +19,15 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from server import deadlines
-from server.database import open_database
+from server.data.database import open_database
 from server.errors import (
     ContactNotFound,
     EtagMismatch,
     UnknownCompany,
 )
-from server.migrations import migrate
-from server.queries import CompanyRow, ContactRow, Reads
-from server.units import names_no_row, reserved_id, unit
+from server.data.migrations import migrate
+from server.data.queries import CompanyRow, ContactRow, Reads
+from server.data.units import names_no_row, reserved_id, unit
 
 database = peewee.DatabaseProxy()
 

@@ -20,7 +20,7 @@ from typing import Protocol
 import redis
 import redis.asyncio
 
-from server.metrics import REDIS_ERRORS, REDIS_SKIPPED
+from server.observability.metrics import REDIS_ERRORS, REDIS_SKIPPED
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,16 @@ from google.protobuf import empty_pb2
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
-from server import etags, reply
-from server.auth import Caller, authenticated, require_owner, require_superuser
+from server import reply
+from server.auth.tokens import Caller, authenticated, require_owner, require_superuser
+from server.data.offload import Offload
+from server.data.queries import CompanyRow, ContactRow
+from server.data.store import Store
+from server.data.units import ATTEMPTS
 from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound, EtagMismatch
-from server.offload import Offload
-from server.queries import CompanyRow, ContactRow
-from server.rest import FIELDS_HEADER
-from server.store import Store
-from server.units import ATTEMPTS
-from server.validation import contact_fields, page, parse_uuid, text, update_changes
+from server.rpc import etags
+from server.rpc.rest import FIELDS_HEADER
+from server.rpc.validation import contact_fields, page, parse_uuid, text, update_changes
 
 
 def contact_message(row: ContactRow, into: pb.Contact | None = None) -> pb.Contact:

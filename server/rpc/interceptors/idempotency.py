@@ -36,11 +36,11 @@ from grpc_interceptor.exceptions import GrpcException
 from contacts.options.v1 import options_pb2
 from contacts.v1 import contacts_pb2
 from server import reply
+from server.data.offload import Offload
+from server.data.store import BaseModel, Store, new_id, now
+from server.data.units import reserved_id, unit
 from server.errors import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidField
-from server.interceptors import metadata_values, proceed
-from server.offload import Offload
-from server.store import BaseModel, Store, new_id, now
-from server.units import reserved_id, unit
+from server.rpc.interceptors.chain import metadata_values, proceed
 
 HEADER = "idempotency-key"
 MAX_KEY_LENGTH = 255

@@ -15,24 +15,24 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from server import logs, metrics
-from server.auth import Tokens
-from server.calls import CallInterceptor
+from server.auth.tokens import Tokens
+from server.data.offload import Offload
+from server.data.store import Store
 from server.errors import StoreUnavailable
-from server.idempotency import IdempotencyInterceptor, Keys
-from server.interceptors import (
+from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
+from server.observability import logs, metrics
+from server.rpc.contract import Policies, RateClass
+from server.rpc.interceptors.chain import (
     AuthInterceptor,
     ErrorInterceptor,
     RateLimitInterceptor,
     RestPathInterceptor,
 )
-from server.limits import Buckets, MemoryBuckets, RedisBuckets
-from server.offload import Offload
-from server.policy import Policies, RateClass
-from server.rest import PathBindings
-from server.services import Companies, Contacts
+from server.rpc.interceptors.idempotency import IdempotencyInterceptor, Keys
+from server.rpc.interceptors.observe import CallInterceptor
+from server.rpc.rest import PathBindings
+from server.rpc.services import Companies, Contacts
 from server.settings import Settings
-from server.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
-from server.queries import CompanyRow, ContactRow, PostgresReads
-from server.store import Store
+from server.data.queries import CompanyRow, ContactRow, PostgresReads
+from server.data.store import Store
 
 # A SQLite page that walks this many rows holds the loop for about a
 # millisecond: cheaper than a hop to a thread, short enough for the others.

@@ -36,11 +36,10 @@ from pathlib import Path
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from server import endpoints, lifeline
-from server.metrics import MULTIPROC_DIR
-from server.settings import Settings
-from server.signals import Signals
-from server.worker import STOP_GRACE_SECONDS
+from server.observability.metrics import MULTIPROC_DIR
+from server.process import endpoints, lifeline
+from server.process.signals import Signals
+from server.settings import STOP_GRACE_SECONDS, Settings
 
 log = logging.getLogger(__name__)
 

@@ -24,15 +24,13 @@ import os
 import signal
 import time
 
-from server import endpoints, lifeline
-from server.app import create_app
-from server.settings import Settings
-from server.signals import Signals
-from server.store import Store
+from server.data.store import Store
+from server.process import endpoints, lifeline
+from server.process.signals import Signals
+from server.rpc.app import create_app
+from server.settings import STOP_GRACE_SECONDS, Settings
 
 log = logging.getLogger(__name__)
-
-STOP_GRACE_SECONDS = 10.0
 
 
 def serve(settings: Settings, parent: int, ready_fd: int) -> int:

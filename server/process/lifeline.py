@@ -41,7 +41,7 @@ def die_with(parent: int, signum: int = signal.SIGTERM) -> None:
 
 def command(parent: int, argv: list[str]) -> list[str]:
     """The command line that runs `argv` dying with `parent`."""
-    return [sys.executable, "-m", "server.lifeline", str(parent), *argv]
+    return [sys.executable, "-m", "server.process.lifeline", str(parent), *argv]
 
 
 def main(args: list[str]) -> None:

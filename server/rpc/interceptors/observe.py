@@ -17,10 +17,10 @@ from typing import Any
 import grpc
 from google.protobuf import descriptor_pool
 
-from server import logs
-from server.metrics import MethodMetrics, Tally, grpc_type
+from server.observability import logs
+from server.observability.metrics import MethodMetrics, Tally, grpc_type
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("server.calls")  # the call lines: operators select them by this name
 
 REQUEST_ID = "x-request-id"  # Envoy's header; gRPC metadata of the same name
 # A request id a client sent is kept if it is a plain token (Envoy's are UUIDs);

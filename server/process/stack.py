@@ -23,9 +23,10 @@ from google.protobuf.descriptor import FileDescriptor
 
 from contacts.options.v1 import options_pb2
 from contacts.v1 import contacts_pb2
-from server import endpoints, metrics
+from server.observability import metrics
+from server.process import endpoints
+from server.process.supervisor import Supervisor
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
-from server.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 

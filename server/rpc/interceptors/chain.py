@@ -14,8 +14,8 @@ import grpc
 from grpc_interceptor import AsyncServerInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
-from server import calls, deadlines, metrics, reply
-from server.auth import Identity, Tokens, identify
+from server import deadlines, reply
+from server.auth.tokens import Identity, Tokens, identify
 from server.errors import (
     InternalError,
     InvalidField,
@@ -25,11 +25,13 @@ from server.errors import (
     RequestNotReceived,
     StoreUnavailable,
 )
-from server.limits import Buckets
-from server.policy import INFRASTRUCTURE_RULE, Access, Policies, RateClass
-from server.rest import PATH_HEADER, STATUS_HEADER, PathBindings, Replies, http_status
+from server.limits.buckets import Buckets
+from server.observability import metrics
+from server.rpc.contract import INFRASTRUCTURE_RULE, Access, Policies, RateClass
+from server.rpc.interceptors import observe as calls
+from server.rpc.rest import PATH_HEADER, STATUS_HEADER, PathBindings, Replies, http_status
+from server.rpc.status import status_of
 from server.settings import Networks
-from server.status import status_of
 
 log = logging.getLogger(__name__)
 
