@@ -158,7 +158,7 @@ def serve() -> None:
     logs.configure(settings.log_format, settings.log_level)
     stopped = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopped.set())
-    store = Store(settings.database_url, max_connections=settings.threads)
+    store = Store.open(settings.database_url, max_connections=settings.threads)
     # The database probe (every second) would be counted too, the more of it the
     # longer a state's calls take under valgrind: once an hour, it is not.
     app = App(settings, store, probe_interval=3600)

@@ -44,7 +44,7 @@ def migrate(settings: Settings) -> int:
 def seed(settings: Settings, contacts: int, owner: str) -> int:
     from server.data.store import Store
 
-    store = Store(settings.database_url, max_connections=1)
+    store = Store.open(settings.database_url, max_connections=1)
     company = store.create_company(f"Seeded ({contacts} contacts)", owner_id=owner)
     started = time.monotonic()
     store.seed_contacts(uuid.UUID(company.id), contacts)

@@ -86,7 +86,7 @@ def settings(database_url: str) -> Settings:
 
 @pytest.fixture(scope="session")
 def store(settings: Settings) -> Iterator[Store]:
-    opened = Store(settings.database_url)
+    opened = Store.open(settings.database_url)
     yield opened
     opened.close()
 

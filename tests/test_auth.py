@@ -18,8 +18,8 @@ from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.auth import tokens as auth
 from server.auth.tokens import LEEWAY_SECONDS, Caller, Tokens
+from server.contract import Access, Contract
 from server.errors import InvalidToken
-from server.rpc.contract import Access, Policies
 from tests.conftest import Rest, bearer, body
 
 NOT_OWNER = "Not enough permissions to access this company\u2019s contacts"
@@ -250,12 +250,12 @@ def test_grpc_refuses_every_bad_token(
 
 
 def test_every_rpc_of_ours_declares_its_access() -> None:
-    policies = Policies()
+    contract = Contract()
     for service in pb.DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             assert method.GetOptions().HasExtension(options_pb2.policy), method.full_name
-    assert policies["/contacts.v1.ContactsService/GetContact"].access is Access.PUBLIC
-    assert policies["/contacts.v1.ContactsService/DeleteContact"].access is Access.REQUIRED
+    assert contract.rule("/contacts.v1.ContactsService/GetContact").access is Access.PUBLIC
+    assert contract.rule("/contacts.v1.ContactsService/DeleteContact").access is Access.REQUIRED
 
 
 def test_an_rpc_without_the_option_fails_closed() -> None:
@@ -270,11 +270,11 @@ def test_an_rpc_without_the_option_fails_closed() -> None:
     pool = descriptor_pool.DescriptorPool()
     pool.Add(proto)
     file = pool.FindFileByName("probe.proto")
-    policies = Policies(files=(file,))
-    assert policies["/probe.v1.ProbeService/Undeclared"].access is Access.REQUIRED
+    contract = Contract(files=(file,))
+    assert contract.rule("/probe.v1.ProbeService/Undeclared").access is Access.REQUIRED
     # and an RPC of a service the contract does not know at all:
-    assert policies["/elsewhere.Unknown/Method"].access is Access.REQUIRED
-    assert policies["/grpc.health.v1.Health/Check"].access is Access.PUBLIC
+    assert contract.rule("/elsewhere.Unknown/Method").access is Access.REQUIRED
+    assert contract.rule("/grpc.health.v1.Health/Check").access is Access.PUBLIC
 
 
 def test_a_remembered_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:

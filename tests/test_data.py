@@ -20,7 +20,8 @@ from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.data import migrations
 from server.data.database import open_database
-from server.data.store import Company, Contact, Store
+from server.data.models import Company, Contact
+from server.data.store import Store
 from server.settings import PROJECT_ROOT
 from tests.conftest import BACKEND, POSTGRES_DSN, Rest, body, in_threads
 from tests.harness import Server, empty_database

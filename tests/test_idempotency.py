@@ -14,8 +14,8 @@ from grpc_status import rpc_status
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
-from server.data.store import Contact, Store, now
-from server.rpc.interceptors.idempotency import IdempotencyKey
+from server.data.models import Contact, IdempotencyKey, now
+from server.data.store import Store
 from server.settings import Settings
 from tests.conftest import Rest, bearer, body, in_threads
 from tests.harness import Server

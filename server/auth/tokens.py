@@ -5,14 +5,12 @@ from __future__ import annotations
 import functools
 import time
 import unicodedata
-from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol
 
 import jwt
 
-from server.errors import InvalidToken, NotAuthenticated, NotCompanyOwner, SuperuserRequired
+from server.errors import InvalidToken, NotCompanyOwner, SuperuserRequired
 
 ALGORITHM = "HS256"
 # CONTRACT.md: "an exp in the past is refused". Tokens are signed and checked
@@ -46,34 +44,6 @@ class Identity:
 
 ANONYMOUS = Identity(None)
 REFUSED = Identity(None, refused=True)
-
-_identity: ContextVar[Identity | None] = ContextVar("identity", default=None)
-
-
-def identify(authorization: Callable[[], str | None], tokens: Tokens) -> Identity:
-    """The identity of the call being served; the token is verified on first use only.
-
-    `authorization` gives the one Authorization value sent (None if none) and
-    raises InvalidToken when there are several. Each call runs in a task of its
-    own, so the remembered identity never outlives the call.
-    """
-    known = _identity.get()
-    if known is None:
-        try:
-            sent = authorization()
-            known = ANONYMOUS if sent is None else Identity(tokens.verify(sent))
-        except InvalidToken:
-            known = REFUSED
-        _identity.set(known)
-    return known
-
-
-def authenticated() -> Caller:
-    """The verified caller of the RPC being served; NotAuthenticated if no token was sent."""
-    known = _identity.get()
-    if known is None or known.caller is None:
-        raise NotAuthenticated()
-    return known.caller
 
 
 class Owned(Protocol):

@@ -16,8 +16,12 @@ import psycopg2.extensions
 from playhouse.db_url import connect
 from playhouse.pool import PooledPostgresqlDatabase
 
+# The timeouts of every way to the database (peewee's pool and asyncpg's alike).
 CONNECT_SECONDS = 3
-POOL_WAIT_SECONDS = 2  # whole seconds: peewee's pool takes no fraction
+QUERY_SECONDS = 5.0  # a read that takes longer: the database is not answering
+# A call that finds every pooled connection busy waits this long for one, then
+# answers UNAVAILABLE (whole seconds: peewee's pool takes no fraction).
+POOL_WAIT_SECONDS = 2
 
 
 def use_wal(path: str, attempts: int = 100) -> None:
@@ -59,9 +63,7 @@ def open_database(url: str, max_connections: int) -> peewee.Database:
             parameters.pop("dbname", ""),
             max_connections=max_connections,
             stale_timeout=300,
-            # A call that finds every connection checked out waits this long
-            # for one (peewee would refuse at once), then is UNAVAILABLE.
-            timeout=POOL_WAIT_SECONDS,
+            timeout=POOL_WAIT_SECONDS,  # peewee would refuse at once
             **parameters,
         )
     return connect(url)

@@ -20,6 +20,9 @@ from typing import Any, NamedTuple
 import asyncpg
 import peewee
 
+from server.data.database import CONNECT_SECONDS, POOL_WAIT_SECONDS, QUERY_SECONDS
+from server.data.models import Company, Contact
+from server.data.units import unreachable
 from server.errors import StoreUnavailable
 
 
@@ -83,18 +86,27 @@ class Statements:
 
             self.uuid_text = _hyphenated
         p1, p2, p3 = param(1), param(2), param(3)
-        stamps = f"{seconds('created_at')}, {seconds('updated_at')}"
-        contact = (
-            f"first_name, last_name, email, phone, designation, is_primary, {stamps}, version"
-            " FROM contacts"
-        )
-        company = f"SELECT {key('id')}, name, owner_id, {stamps} FROM companies"
-        self.contact = f"SELECT {key('id')}, {key('company_id')}, {contact} WHERE id = {p1}"
+
+        def columns(model: type[peewee.Model], skip: str = "") -> str:
+            """The model's columns in declaration order (the row tuples' order)."""
+            return ", ".join(
+                key(field.column_name)
+                if isinstance(field, peewee.UUIDField | peewee.ForeignKeyField)
+                else seconds(field.column_name)
+                if isinstance(field, peewee.DateTimeField)
+                else field.column_name
+                for field in model._meta.sorted_fields  # type: ignore[attr-defined]
+                if field.column_name != skip
+            )
+
+        contacts, companies = Contact._meta.table_name, Company._meta.table_name  # type: ignore[attr-defined]
+        self.contact = f"SELECT {columns(Contact)} FROM {contacts} WHERE id = {p1}"
         # The page's company is the one asked for: only the id varies by row.
         self.contacts_page = (
-            f"SELECT {key('id')}, {contact} WHERE company_id = {p1}"
-            f" ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
+            f"SELECT {columns(Contact, skip='company_id')} FROM {contacts}"
+            f" WHERE company_id = {p1} ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
         )
+        company = f"SELECT {columns(Company)} FROM {companies}"
         self.company = f"{company} WHERE id = {p1}"
         self.companies_page = f"{company} ORDER BY created_at, id LIMIT {p1} OFFSET {p2}"
         self.owned_companies_page = (
@@ -116,11 +128,11 @@ def key(field: peewee.Field, value: uuid.UUID) -> Any:
 class Reads:
     """Runs the hot reads on the calling thread's connection."""
 
-    def __init__(self, db: peewee.Database, contact_id: peewee.Field, company_id: peewee.Field):
+    def __init__(self, db: peewee.Database) -> None:
         self._db = db
         self._sql = Statements.for_peewee(db)
-        self._contact_id = contact_id
-        self._company_id = company_id
+        self._contact_id = Contact.id
+        self._company_id = Contact.company
 
     def contact(self, contact_id: uuid.UUID) -> ContactRow | None:
         row = self._one(self._sql.contact, key(self._contact_id, contact_id))
@@ -208,7 +220,7 @@ class PostgresReads:
             if self._probe is None or self._probe.is_closed():
                 self._probe = await asyncpg.connect(self._url, timeout=CONNECT_SECONDS)
             await self._probe.fetchval("SELECT 1", timeout=QUERY_SECONDS)
-        except (*UNREACHABLE, asyncpg.PostgresError) as error:
+        except Exception as error:  # whatever it is, the database did not answer
             if self._probe is not None:
                 self._probe.terminate()
                 self._probe = None
@@ -218,38 +230,23 @@ class PostgresReads:
         try:
             async with self._pool.acquire(timeout=POOL_WAIT_SECONDS) as connection:
                 return await connection.fetchrow(sql, *params, timeout=QUERY_SECONDS)
-        except UNREACHABLE as error:
-            raise StoreUnavailable() from error
+        except Exception as error:
+            if unreachable(error):
+                raise StoreUnavailable() from error
+            raise
 
     async def _fetch(self, sql: str, *params: Any) -> list[Any]:
         try:
             async with self._pool.acquire(timeout=POOL_WAIT_SECONDS) as connection:
                 rows: list[Any] = await connection.fetch(sql, *params, timeout=QUERY_SECONDS)
                 return rows
-        except UNREACHABLE as error:
-            raise StoreUnavailable() from error
+        except Exception as error:
+            if unreachable(error):
+                raise StoreUnavailable() from error
+            raise
 
 
 def _uuid(value: uuid.UUID) -> uuid.UUID:
     if not isinstance(value, uuid.UUID):
         raise TypeError(f"keys are uuid.UUID, not {type(value).__name__}")
     return value
-
-
-CONNECT_SECONDS = 3.0
-QUERY_SECONDS = 5.0
-# A call that finds every pooled connection busy waits this long for one,
-# then answers UNAVAILABLE.
-POOL_WAIT_SECONDS = 2.0
-# What "the database cannot be reached" looks like to asyncpg: the socket broke
-# or the answer did not come in time; the server is shutting down, starting up
-# or crashed (operator intervention: 57P01, 57P02, 57P03); or it has no
-# connection to spare.
-UNREACHABLE = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.exceptions.InsufficientResourcesError,
-    asyncpg.InterfaceError,
-    OSError,
-    TimeoutError,
-)

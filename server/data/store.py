@@ -1,101 +1,52 @@
-"""Persistence: peewee models of companies and contacts, and the store that reads and writes them.
+"""The store: reads and writes companies and contacts (server/data/models.py).
 
 Every write is one transaction; database failures leave here as domain errors.
 A write whose call's deadline has passed by the time it would commit is
-rolled back instead (server/deadlines.py): its client has stopped waiting.
+rolled back instead (server/call.py): its client has stopped waiting.
 """
 
 from __future__ import annotations
 
-import os
-import time
 import uuid
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any, TypeVar
 
 import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
-from server import deadlines
+from server import call as calls
 from server.data.database import open_database
-from server.errors import (
-    ContactNotFound,
-    EtagMismatch,
-    UnknownCompany,
-)
 from server.data.migrations import migrate
+from server.data.models import MODELS, Company, Contact, epoch_seconds, new_id, now
 from server.data.queries import CompanyRow, ContactRow, Reads
-from server.data.units import names_no_row, reserved_id, unit
-
-database = peewee.DatabaseProxy()
-
-
-# The schema itself (indexes, the one-primary rule) is made by migrations.py;
-# these models only map its rows.
-class BaseModel(peewee.Model):
-    class Meta:
-        database = database
-
-
-class Company(BaseModel):
-    id = peewee.UUIDField(primary_key=True)
-    name = peewee.CharField(max_length=200)
-    owner_id = peewee.CharField(max_length=255)
-    created_at = peewee.DateTimeField()
-    updated_at = peewee.DateTimeField()
-
-    class Meta:
-        table_name = "companies"
-
-
-class Contact(BaseModel):
-    id = peewee.UUIDField(primary_key=True)
-    company = peewee.ForeignKeyField(
-        Company, null=True, column_name="company_id", backref="contacts", on_delete="CASCADE"
-    )
-    company_id: uuid.UUID | None  # peewee's accessor for the raw foreign key
-    first_name = peewee.CharField(max_length=100)
-    last_name = peewee.CharField(max_length=100, null=True)
-    email = peewee.CharField(max_length=254)
-    phone = peewee.CharField(max_length=50, null=True)
-    designation = peewee.CharField(max_length=100, null=True)
-    is_primary = peewee.BooleanField(default=False)
-    created_at = peewee.DateTimeField()
-    updated_at = peewee.DateTimeField()
-    version = peewee.IntegerField(default=1, constraints=[peewee.SQL("DEFAULT 1")])
-
-    class Meta:
-        table_name = "contacts"
-
-
-def new_id() -> uuid.UUID:
-    """A UUIDv7: time-ordered, so ids sort with created_at and index inserts stay local."""
-    millis = time.time_ns() // 1_000_000
-    value = (millis & (2**48 - 1)) << 80 | int.from_bytes(os.urandom(10)) & (2**80 - 1)
-    value = (value & ~(0xF << 76)) | (0x7 << 76)  # version 7
-    value = (value & ~(0x3 << 62)) | (0x2 << 62)  # RFC 4122 variant
-    return uuid.UUID(int=value)
-
-
-def now() -> datetime:
-    """Naive UTC, whole seconds: the seed prints timestamps without fractions."""
-    return datetime.now(UTC).replace(microsecond=0, tzinfo=None)
-
-
-EPOCH = datetime(1970, 1, 1)
-
-
-def epoch_seconds(stamp: datetime) -> int:
-    return (stamp - EPOCH) // timedelta(seconds=1)
-
+from server.data.units import names_no_row, unit
+from server.errors import ContactNotFound, EtagMismatch, UnknownCompany
 
 Row = TypeVar("Row")
 
 
 class _Moved(Exception):
     """The contact no longer belongs to the company the caller was authorised for."""
+
+
+def _reserved() -> uuid.UUID | None:
+    """The id the call's create must use (its Idempotency-Key reserved one)."""
+    call = calls.current()
+    return None if call is None else call.reserved_id
+
+
+def _bounded() -> bool:
+    """Whether the call being served has a deadline its write must meet."""
+    call = calls.current()
+    return call is not None and call.deadline is not None
+
+
+def _check_deadline() -> None:
+    """Inside the transaction, just before it commits: GaveUp rolls it back."""
+    call = calls.current()
+    if call is not None:
+        call.check_deadline()
 
 
 def _belongs_to(company_id: uuid.UUID | None) -> peewee.Expression:
@@ -109,13 +60,26 @@ class Store:
     `offload.Offload` decides which thread that is.
     """
 
-    def __init__(self, url: str, max_connections: int = 16) -> None:
-        self.db = open_database(url, max_connections)
-        self.pooled = isinstance(self.db, PooledPostgresqlDatabase)
-        database.initialize(self.db)
-        with self.db.connection_context():
-            migrate(self.db)
-        self._reads = Reads(self.db, Contact.id, Contact.company)
+    def __init__(self, db: peewee.Database) -> None:
+        self.db = db
+        self.pooled = isinstance(db, PooledPostgresqlDatabase)
+        # A process serves one database: the models are bound to it (a second
+        # Store in the same process, as in tests, rebinds them to its own).
+        db.bind(MODELS)
+        self._reads = Reads(db)
+        self._in_use = 0  # pooled connections checked out
+
+    @classmethod
+    def open(cls, url: str, max_connections: int = 16) -> Store:
+        """The store of the database at `url`, its schema brought up to date first."""
+        db = open_database(url, max_connections)
+        with db.connection_context():
+            migrate(db)
+        return cls(db)
+
+    def connections_in_use(self) -> int:
+        """Pooled connections checked out now (0 on SQLite: no pool)."""
+        return self._in_use
 
     def close(self) -> None:
         if isinstance(self.db, PooledPostgresqlDatabase):
@@ -127,7 +91,16 @@ class Store:
         # PostgreSQL: check a pooled connection out per call, so that one
         # broken by an outage is dropped at the next check-out. SQLite: each
         # thread keeps its own connection (opening one costs more than a query).
-        return self.db.connection_context() if self.pooled else nullcontext()
+        return self._checked_out() if self.pooled else nullcontext()
+
+    @contextmanager
+    def _checked_out(self) -> Iterator[None]:
+        with self.db.connection_context():
+            self._in_use += 1
+            try:
+                yield
+            finally:
+                self._in_use -= 1
 
     @unit
     def ping(self) -> None:
@@ -140,12 +113,12 @@ class Store:
         made = self._made_earlier(self._reads.company)
         if made is not None:
             return made
-        stamp, company_id = now(), reserved_id.get() or new_id()
+        stamp, company_id = now(), _reserved() or new_id()
         with self.db.atomic():
             Company.insert(
                 id=company_id, name=name, owner_id=owner_id, created_at=stamp, updated_at=stamp
             ).execute()
-            deadlines.check()
+            _check_deadline()
         seconds = epoch_seconds(stamp)
         return CompanyRow(str(company_id), name, owner_id, seconds, seconds)
 
@@ -172,17 +145,17 @@ class Store:
         made = self._made_earlier(self._reads.contact)
         if made is not None:
             return made
-        stamp, contact_id = now(), reserved_id.get() or new_id()
+        stamp, contact_id = now(), _reserved() or new_id()
         row = {"is_primary": False, **fields, "created_at": stamp, "updated_at": stamp}
         company = row.get("company")
         promotes = bool(row["is_primary"] and company)
         try:
-            if promotes or deadlines.bounded():
+            if promotes or _bounded():
                 with self.db.atomic():
                     if company and promotes:
                         self._demote_primary(company)
                     Contact.insert(id=contact_id, **row).execute()
-                    deadlines.check()
+                    _check_deadline()
             else:
                 # One statement, committed on its own: the foreign key is the
                 # check that the company exists, with no round trip of its own.
@@ -269,7 +242,7 @@ class Store:
                 if versions is not None and now_there and now_there.version not in versions:
                     raise EtagMismatch()
                 raise _Moved()
-            deadlines.check()
+            _check_deadline()
             return self._get_contact(contact_id)
 
     @unit
@@ -286,7 +259,7 @@ class Store:
             condition &= Contact.version.in_(list(versions))
         with self.db.atomic():
             deleted = bool(Contact.delete().where(condition).execute())
-            deadlines.check()
+            _check_deadline()
             return deleted
 
     @unit
@@ -314,7 +287,7 @@ class Store:
     def _made_earlier(self, find: Callable[[uuid.UUID], Row | None]) -> Row | None:
         """What an earlier run of this call made with the id its Idempotency-Key
         reserved (that run died before storing its response), if anything."""
-        reserved = reserved_id.get()
+        reserved = _reserved()
         return None if reserved is None else find(reserved)
 
     def _require_company(self, company_id: uuid.UUID | None) -> None:

@@ -10,20 +10,17 @@ from __future__ import annotations
 
 import functools
 import sqlite3
-import uuid
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from contextvars import ContextVar
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
+import asyncpg
 import peewee
+import psycopg2
 from playhouse.pool import MaxConnectionsExceeded
 
+from server import call as calls
 from server.errors import Conflict, StoreUnavailable
-
-# The id the next create of this call must use (set by idempotency.py, so that
-# a create run again under the same Idempotency-Key can never make a second row).
-reserved_id: ContextVar[uuid.UUID | None] = ContextVar("reserved_id", default=None)
 
 
 P = ParamSpec("P")
@@ -64,8 +61,10 @@ def _retryable(error: peewee.DatabaseError) -> bool:
     # A create under an Idempotency-Key whose id an earlier run of the same call
     # made meanwhile: the next attempt finds that row and answers with it.
     reserved_taken = constraint.endswith("_pkey") or str(error).endswith(".id")
+    call = calls.current()
     return (
-        reserved_id.get() is not None
+        call is not None
+        and call.reserved_id is not None
         and reserved_taken
         and (code == "23505" or "UNIQUE constraint failed" in str(error))
     )
@@ -86,15 +85,31 @@ _SQLITE_UNAVAILABLE = {
 _POSTGRES_UNAVAILABLE = ("08", "53", "57", "58")
 
 
-def _unreachable(error: peewee.DatabaseError) -> bool:
+# Failures with no SQLSTATE that still mean "the connection failed": the
+# socket broke, the answer did not come in time, or the driver's connection
+# is unusable (psycopg2 and asyncpg alike).
+_CONNECTION_FAILURES = (
+    peewee.OperationalError,  # peewee's own, with no driver error behind it
+    psycopg2.OperationalError,
+    psycopg2.InterfaceError,
+    asyncpg.InterfaceError,
+    OSError,
+    TimeoutError,
+)
+
+
+def unreachable(error: BaseException) -> bool:
     """The database could not be reached or could not serve, as opposed to refusing
-    a statement ("no such table" is a bug, and must not read "try again")."""
-    driver_error = getattr(error, "orig", None)
+    a statement ("no such table" is a bug, and must not read "try again"). Any
+    driver's error, or peewee's wrapping of one."""
+    driver_error = getattr(error, "orig", None) or error
     if isinstance(driver_error, sqlite3.Error):
         return (getattr(driver_error, "sqlite_errorcode", 0) & 0xFF) in _SQLITE_UNAVAILABLE
-    code = _sqlstate(error)
-    # psycopg2 gives no SQLSTATE when the connection itself failed.
-    return code is None or code.startswith(_POSTGRES_UNAVAILABLE)
+    # psycopg2 names it pgcode, asyncpg sqlstate.
+    code = getattr(driver_error, "pgcode", None) or getattr(driver_error, "sqlstate", None)
+    if code:
+        return str(code).startswith(_POSTGRES_UNAVAILABLE)
+    return isinstance(driver_error, _CONNECTION_FAILURES)
 
 
 class Connected(Protocol):
@@ -122,7 +137,7 @@ def unit(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], 
                     if attempt == ATTEMPTS:
                         raise Conflict() from error
                     continue
-                if isinstance(error, peewee.OperationalError) and _unreachable(error):
+                if isinstance(error, peewee.OperationalError) and unreachable(error):
                     raise StoreUnavailable() from error
                 raise
             except (peewee.InterfaceError, MaxConnectionsExceeded) as error:

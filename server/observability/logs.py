@@ -13,20 +13,19 @@ import re
 import sys
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any, TextIO
 
 from grpc._cython.cygrpc import ExecuteBatchError
 
-# The id of the call being served (set by server.calls); every line logged while
-# serving it names it, whoever logs it and wherever it goes.
-request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+from server.call import current as current_call
+
 _make_record = logging.getLogRecordFactory()
 
 
 def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
     record = _make_record(*args, **kwargs)
-    record.request_id = request_id.get()
+    call = current_call()  # every line logged while serving a call names its id
+    record.request_id = None if call is None else call.request_id
     return record
 
 

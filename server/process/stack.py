@@ -14,15 +14,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
-from google.api import annotations_pb2
-from google.protobuf.descriptor import FileDescriptor
-
-from contacts.options.v1 import options_pb2
-from contacts.v1 import contacts_pb2
+from server.contract import Contract
 from server.observability import metrics
 from server.process import endpoints
 from server.process.supervisor import Supervisor
@@ -74,22 +70,13 @@ ACCESS_LOG_FORMATS = {  # YAML flow mappings (JSON is YAML)
 }
 
 
-def resendable(
-    files: Iterable[FileDescriptor] = (contacts_pb2.DESCRIPTOR,),
-) -> tuple[list[str], list[str]]:
+def resendable(contract: Contract | None = None) -> tuple[list[str], list[str]]:
     """The gRPC paths of reads (the HTTP rule is a GET) and of creates (the REST reply
     is 201 Created): what Envoy may send again after a connection failure, reads
     always, creates when they carry an Idempotency-Key."""
-    reads, creates = [], []
-    for file in files:
-        for service in file.services_by_name.values():
-            for method in service.methods:
-                options = method.GetOptions()
-                path = f"/{service.full_name}/{method.name}"
-                if options.Extensions[annotations_pb2.http].WhichOneof("pattern") == "get":
-                    reads.append(path)
-                elif options.Extensions[options_pb2.rest].reply == options_pb2.REPLY_CREATED:
-                    creates.append(path)
+    methods = list(contract or Contract())
+    reads = [method.path for method in methods if method.http_verb == "get"]
+    creates = [method.path for method in methods if method.reply_kind == "created"]
     return reads, creates
 
 

@@ -38,7 +38,7 @@ def serve(settings: Settings, parent: int, ready_fd: int) -> int:
     # comes while the server is starting (it is acted on once started).
     signals = Signals(signal.SIGTERM, signal.SIGINT)
     lifeline.die_with(parent, signal.SIGTERM)
-    store = Store(settings.database_url, max_connections=settings.threads)
+    store = Store.open(settings.database_url, max_connections=settings.threads)
     own_door = settings.proxy_port == 0  # for the local Envoy alone: on loopback
     app = create_app(
         settings, store, reuse_port=True, proxy_host=endpoints.LOOPBACK if own_door else None

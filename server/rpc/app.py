@@ -16,21 +16,20 @@ from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from server.auth.tokens import Tokens
+from server.contract import Contract, RateClass
+from server.data.keys import Keys
 from server.data.offload import Offload
 from server.data.store import Store
 from server.errors import StoreUnavailable
 from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
 from server.observability import logs, metrics
-from server.rpc.contract import Policies, RateClass
-from server.rpc.interceptors.chain import (
-    AuthInterceptor,
-    ErrorInterceptor,
-    RateLimitInterceptor,
-    RestPathInterceptor,
-)
-from server.rpc.interceptors.idempotency import IdempotencyInterceptor, Keys
+from server.rpc.interceptors.auth import AuthInterceptor
+from server.rpc.interceptors.errors import ErrorInterceptor
+from server.rpc.interceptors.idempotency import IdempotencyInterceptor
+from server.rpc.interceptors.limits import RateLimitInterceptor
 from server.rpc.interceptors.observe import CallInterceptor
-from server.rpc.rest import PathBindings
+from server.rpc.interceptors.reading import ReadInterceptor
+from server.rpc.interceptors.rest import RestInterceptor
 from server.rpc.services import Companies, Contacts
 from server.settings import Settings
 
@@ -211,22 +210,24 @@ def build_server(
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
     The client-address header is believed from settings.trusted_proxies only.
     """
-    policies = Policies()
+    contract = Contract()
     tokens = Tokens(settings.jwt_secret)
     limits = {
         RateClass.CREATE: settings.rate_limit_create,
         RateClass.GENERAL: settings.rate_limit_default,
     }
-    limiter = RateLimitInterceptor(buckets, policies, limits, settings.trusted_proxies, tokens)
+    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies, tokens)
     server = grpc.aio.server(
+        # A call's way in, outermost first; each hop knows only the next.
         interceptors=[
-            CallInterceptor(limiter.client, tally),
-            ErrorInterceptor(settings.read_timeout),
-            RestPathInterceptor(PathBindings()),
+            ReadInterceptor(settings.read_timeout),
+            CallInterceptor(limiter.client, tally, contract),
+            ErrorInterceptor(),
+            RestInterceptor(contract),
             limiter,
-            AuthInterceptor(tokens, policies),
+            AuthInterceptor(tokens, contract),
             # Keys belong to the client the limiter counts (token sub, else address).
-            IdempotencyInterceptor(Keys(store), offload, limiter.client),
+            IdempotencyInterceptor(Keys(store), offload, limiter.client, contract),
         ],
         # Calls waiting for their message cost a coroutine, not a thread;
         # this bounds how many there can be (past it: RESOURCE_EXHAUSTED).

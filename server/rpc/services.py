@@ -14,14 +14,15 @@ from google.protobuf import empty_pb2
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc as pb_grpc
-from server import reply
-from server.auth.tokens import Caller, authenticated, require_owner, require_superuser
+from server import call as calls
+from server.auth.tokens import Caller, require_owner, require_superuser
 from server.data.offload import Offload
 from server.data.queries import CompanyRow, ContactRow
 from server.data.store import Store
 from server.data.units import ATTEMPTS
 from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound, EtagMismatch
 from server.rpc import etags
+from server.rpc.interceptors.auth import authenticated
 from server.rpc.rest import FIELDS_HEADER
 from server.rpc.validation import contact_fields, page, parse_uuid, text, update_changes
 
@@ -49,7 +50,9 @@ def contact_message(row: ContactRow, into: pb.Contact | None = None) -> pb.Conta
 
 def one_contact(row: ContactRow) -> pb.Contact:
     """A reply of one contact: the message, with its ETag in the reply metadata."""
-    reply.add((etags.HEADER, etags.etag(row.version)))
+    call = calls.current()
+    if call is not None:
+        call.reply_with((etags.HEADER, etags.etag(row.version)))
     return contact_message(row)
 
 

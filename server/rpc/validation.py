@@ -6,6 +6,9 @@ import re
 import uuid
 from typing import Any, Protocol
 
+import peewee
+
+from server.data.models import Company, Contact
 from server.errors import InvalidField
 
 DEFAULT_PAGE = 100
@@ -17,14 +20,13 @@ _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-# field -> (maximum length, required to be non-blank)
+# field -> (maximum length, required to be non-blank), as the columns declare them:
+# a column that takes no NULL is a field a client must fill.
 _TEXT_FIELDS = {
-    "first_name": (100, True),
-    "last_name": (100, False),
-    "email": (254, True),
-    "phone": (50, False),
-    "designation": (100, False),
-    "name": (200, True),
+    field.name: (field.max_length, not field.null)
+    for model in (Contact, Company)
+    for field in model._meta.sorted_fields  # type: ignore[attr-defined]
+    if isinstance(field, peewee.CharField) and field.name != "owner_id"
 }
 
 
