@@ -16,8 +16,6 @@ import uuid
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
-from server.errors import GaveUp
-
 if TYPE_CHECKING:
     from server.auth.tokens import Identity
 
@@ -66,6 +64,10 @@ class Call:
         """GaveUp once the client has stopped waiting: a write then must not commit
         (the client was told DEADLINE_EXCEEDED and may send it again)."""
         if self.deadline is not None and time.monotonic() >= self.deadline:
+            # Imported here: this module stays free of grpc for the processes
+            # that never serve (the supervisor logs through it).
+            from server.errors import GaveUp
+
             raise GaveUp()
 
 

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from grpc_interceptor import exceptions
 
 from contacts.options.v1 import options_pb2
+from server.rest import REASONS
 
 
 class InvalidField(exceptions.InvalidArgument):
@@ -152,4 +153,4 @@ class InternalError(exceptions.Internal):
     """A bug: logged with its traceback; the client learns nothing more."""
 
     reason = "INTERNAL"
-    details = "Internal server error"
+    details = REASONS[500]

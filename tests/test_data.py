@@ -319,3 +319,12 @@ def test_a_broken_schema_is_a_500_with_its_cause_logged_not_try_again(
         server.stop()
     log = server.log.read_text()
     assert "no such table: contacts" in log or 'relation "contacts" does not exist' in log
+
+
+def test_the_raw_reads_return_the_models_columns_in_order() -> None:
+    """The rows the hot reads build are the models' columns, declared once (models.py)."""
+    from server.data.queries import CompanyRow, ContactRow
+
+    for row, model in ((ContactRow, Contact), (CompanyRow, Company)):
+        columns = [field.column_name for field in model._meta.sorted_fields]  # type: ignore[attr-defined]
+        assert list(row._fields) == columns

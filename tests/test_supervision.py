@@ -211,3 +211,17 @@ def test_an_endpoints_file_that_cannot_be_written_stops_nothing(
     supervisor._list_serving()
     assert supervisor.unlisted and supervisor.listed is None
     assert caplog.text.count("cannot write Envoy's endpoints") == 1  # said once, not each second
+
+
+def test_the_supervisor_process_loads_none_of_the_serving_code() -> None:
+    """`run` and `serve` start in a process that only supervises: grpc, peewee and the
+    database drivers are loaded by its workers alone."""
+    probe = (
+        "import sys, server.__main__, server.process.stack, server.process.supervisor;"
+        "print(sorted(m for m in ('grpc', 'peewee', 'asyncpg', 'psycopg2', 'redis', 'uvloop')"
+        " if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", probe], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True
+    )
+    assert loaded.stdout.strip() == "[]", loaded.stderr

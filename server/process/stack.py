@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from string import Template
 
+from server import rest
 from server.contract import Contract
 from server.observability import metrics
 from server.process import endpoints
@@ -97,19 +98,56 @@ def render_envoy_config(
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     reads, creates = resendable()
     return template.substitute(
+        rest_lua=json.dumps(render_rest_lua()),  # a JSON string is a YAML string
+        local_replies=local_replies(),
         discovery=endpoints.discovery(servers),
         reads=_any_of(reads),
         creates=_any_of(creates),
         http_port=http_port,
         admin_port=admin_port,
         http_address=http_address,
-        lua_path=ENVOY_DIR / "rest.lua",
         descriptor_path=DESCRIPTOR,
         openapi_path=OPENAPI,
         docs_path=ENVOY_DIR,
         swagger_ui_path=SWAGGER_UI,
         access_log_format=ACCESS_LOG_FORMATS[log_format],
     )
+
+
+def render_rest_lua() -> str:
+    """envoy/rest.lua.tmpl with the headers and texts it shares with the server."""
+    # safe_substitute: Lua's patterns use "$" too; a placeholder left over fails below.
+    lua = Template((ENVOY_DIR / "rest.lua.tmpl").read_text()).safe_substitute(
+        path_header=rest.PATH_HEADER,
+        fields_header=rest.FIELDS_HEADER,
+        reply_header=rest.REPLY_HEADER,
+        status_header=rest.STATUS_HEADER,
+        detail_header=rest.DETAIL_HEADER,
+        reasons="\n".join(
+            f'  ["{status}"] = {json.dumps(text)},' for status, text in rest.REASONS.items()
+        ),
+    )
+    if "${" in lua:
+        raise ValueError(f"rest.lua.tmpl: a placeholder not filled: {lua[lua.index('${') :][:40]}")
+    return lua
+
+
+def local_replies() -> str:
+    """Envoy's own error replies with the {"detail": ...} body of the server's: the
+    mappers of its local_reply_config, as a YAML (JSON) list."""
+
+    def mapper(op: str, status: int, detail: str) -> dict[str, object]:
+        value = {"default_value": status, "runtime_key": f"contacts.unused.{op}.{status}"}
+        return {
+            "filter": {"status_code_filter": {"comparison": {"op": op, "value": value}}},
+            "body_format_override": {"json_format": {"detail": detail}},
+        }
+
+    mappers = [mapper("EQ", status, rest.REASONS[status]) for status in rest.ENVOY_STATUSES]
+    mappers.append(mapper("GE", 500, rest.REASONS[503]))
+    # Its other 4xx (a transcoder's 400) keep the text Envoy gives them.
+    mappers.append(mapper("GE", 400, "%LOCAL_REPLY_BODY%"))
+    return json.dumps(mappers)
 
 
 def upstreams_of(settings: Settings) -> Upstreams:

@@ -21,9 +21,9 @@ from server.data.queries import CompanyRow, ContactRow
 from server.data.store import Store
 from server.data.units import ATTEMPTS
 from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNotFound, EtagMismatch
+from server.rest import FIELDS_HEADER
 from server.rpc import etags
 from server.rpc.interceptors.auth import authenticated
-from server.rpc.rest import FIELDS_HEADER
 from server.rpc.validation import contact_fields, page, parse_uuid, text, update_changes
 
 

@@ -12,8 +12,8 @@ from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
 from server.contract import Contract
+from server.rest import PATH_HEADER, REPLY_HEADER
 from server.rpc.metadata import metadata_values
-from server.rpc.rest import PATH_HEADER, REPLY_HEADER
 
 
 class RestInterceptor(AsyncServerInterceptor):

@@ -6,7 +6,7 @@ query or body field named like a path variable overwrites the path's value
 was sent to in a header; the values bound from it are put back here.
 
 What a REST reply looks like is the RPC's business, declared in the proto:
-the server tells envoy/rest.lua in response metadata (REPLY_HEADER: created,
+the server tells envoy/rest.lua.tmpl in response metadata (REPLY_HEADER: created,
 no-content or list, from `(rest).reply`; STATUS_HEADER: the HTTP status of
 an error whose gRPC code the transcoder maps to another, from the `Failure`'s
 `(failure).status`). The Lua filter needs no table of its own, and cannot
@@ -15,11 +15,36 @@ disagree with the RPC that actually answered.
 
 from __future__ import annotations
 
-# The header names envoy/rest.lua and the server share (the Lua filter is
-# checked against these by tests/test_rest_lua.py).
+# The headers the server and envoy/rest.lua.tmpl share: declared here, and
+# rendered into the Lua filter with Envoy's config (server/process/stack.py).
 PATH_HEADER = "x-contacts-rest-path"  # set by envoy/rest.lua, overwriting the client's
 # The top-level JSON fields a REST body sent, nulls included (the transcoder
 # drops nulls); set by envoy/rest.lua, overwriting the client's.
 FIELDS_HEADER = "x-contacts-fields"
 REPLY_HEADER = "x-contacts-reply"  # read (and removed) by envoy/rest.lua
 STATUS_HEADER = "x-contacts-status"  # read (and removed) by envoy/rest.lua
+# On an error whose message is written for clients: rest.lua passes only those
+# on as the REST detail, never gRPC core's own ("received metadata size...").
+DETAIL_HEADER = "x-contacts-detail"
+
+# The REST `detail` of an error whose message is not for clients, and of
+# Envoy's own replies (no route, no upstream), by HTTP status.
+REASONS = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    409: "Conflict",
+    412: "Precondition Failed",
+    413: "Content Too Large",
+    429: "Too Many Requests",
+    500: "Internal server error",
+    501: "Not Implemented",
+    502: "Bad Gateway",
+    503: "Service unavailable",
+    504: "Gateway Timeout",
+}
+# The statuses Envoy makes itself, each with its own text (any other 5xx of
+# Envoy's says 503's: its own text would name upstream internals).
+ENVOY_STATUSES = (404, 500, 501, 502, 504)
