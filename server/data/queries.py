@@ -50,7 +50,7 @@ class CompanyRow(NamedTuple):
 
 def _hyphenated(hex_digits: str | None) -> str | None:
     # peewee keeps SQLite UUIDs as 32 hex digits; the API prints them dashed.
-    # (Slicing here costs a third of what substr() concatenation costs in SQL.)
+    # (Sliced here: cheaper than concatenating substr()s in SQL.)
     if hex_digits is None:
         return None
     h = hex_digits

@@ -45,8 +45,7 @@ SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.v
 class App:
     """The gRPC server on an event loop (uvloop's) in a thread of its own.
 
-    uvloop, measured side by side with asyncio's loop under the same load:
-    about 15 % less server CPU per GetContact (416-446 µs against 497-516).
+    uvloop's loop, for less CPU per call than asyncio's own (docs/performance.md).
 
     `start()` returns once the server listens (App.port is then the bound
     port) and `stop()` once it has finished; callers need not be async.
