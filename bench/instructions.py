@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -46,6 +46,8 @@ CALLS = 1000
 class Count:
     on: float  # instructions per call with metrics and the line per call
     off: float
+    # Where the "on" call's instructions run, per call, by what runs them (where()).
+    split: dict[str, float] = field(default_factory=dict)
 
     @property
     def cost(self) -> float:
@@ -63,10 +65,62 @@ def count(
     files, as a worker's are) and of `off`."""
     body = workdir / "instructions.grpc"
     body.write_bytes(call.framed())
+    counted_on = _per_call("on", on, call, body, headers, workdir)
+    split = where(_dump(workdir, "on"))
     return Count(
-        on=_per_call("on", on, call, body, headers, workdir),
+        on=counted_on,
         off=_per_call("off", off, call, body, headers, workdir),
+        split={part: total / CALLS for part, total in split.items()},
     )
+
+
+# What runs a call's instructions, by the file they are in: the interpreter runs
+# every line of Python (ours, grpc.aio's, grpc-interceptor's, peewee's); the
+# others are C.
+PARTS = (
+    ("grpc core and its Cython (cygrpc)", "cygrpc"),
+    ("protobuf (upb)", "_message"),
+    ("SQLite", "sqlite"),
+    ("uvloop and libuv", "uvloop"),
+    ("the C library", "libc"),
+    ("the Python interpreter (all Python code)", "python"),
+)
+
+
+def where(dump: Path) -> dict[str, float]:
+    """Instructions of a callgrind dump by the object file that ran them (self cost)."""
+    names: dict[str, str] = {}
+    totals: dict[str, float] = {}
+    current = ""
+    after_call = False
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("ob=", "cob=")):  # a file's name is given at its first mention
+            key, _, name = line.partition("=")[2].partition(" ")
+            if name:
+                names[key] = name
+            if line.startswith("ob="):
+                current = names.get(key, key)
+        elif line.startswith("calls="):
+            after_call = True
+            continue
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            if after_call:  # the inclusive cost of the call just named: not this one's
+                after_call = False
+                continue
+            words = line.split()
+            if len(words) < 2:  # a position alone: no cost
+                continue
+            part = next((label for label, key in PARTS if key in current), "other")
+            totals[part] = totals.get(part, 0.0) + int(words[-1])
+        after_call = False
+    return totals
+
+
+def _dump(workdir: Path, label: str) -> Path:
+    dumps = [p for p in workdir.glob(f"callgrind-{label}.out.*") if p.suffix[1:].isdigit()]
+    if len(dumps) != 1:
+        raise RuntimeError(f"callgrind wrote {len(dumps)} dumps, not 1, in {workdir}")
+    return dumps[0]
 
 
 def _per_call(
@@ -117,13 +171,11 @@ def _per_call(
         server.wait()
         if server.stdout is not None:
             server.stdout.close()
-    dumps = [p for p in workdir.glob(f"{out.name}.*") if p.suffix[1:].isdigit()]
-    if len(dumps) != 1:
-        raise RuntimeError(f"callgrind wrote {len(dumps)} dumps, not 1, in {workdir}")
-    for line in dumps[0].read_text(errors="replace").splitlines():
+    dump = _dump(workdir, label)
+    for line in dump.read_text(errors="replace").splitlines():
         if line.startswith(("summary:", "totals:")):
             return int(line.split()[1]) / CALLS
-    raise RuntimeError(f"no instruction count in {dumps[0]}")
+    raise RuntimeError(f"no instruction count in {dump}")
 
 
 def _port(server: subprocess.Popen[str], log: Path) -> int:
