@@ -1,8 +1,8 @@
 """README.md's walk-through, run as written: every ```sh block, in order, in one
 `bash -euo pipefail` from the repository root, against `python -m server run`
 (what `make run` starts) on ports of its own, with the README's default ports
-swapped for them. So the README cannot rot; nor can the two parts of docs/ that
-other files decide (the settings the code reads, the bench's numbers)."""
+swapped for them. So the README cannot rot; nor can the parts of docs/ that other
+files decide (the settings the code reads, the module tree, the bench's numbers)."""
 
 from __future__ import annotations
 
@@ -140,3 +140,37 @@ def test_the_performance_page_holds_what_the_bench_results_render_to() -> None:
         "docs/performance.md's measured part was edited by hand, or bench/results.json "
         "changed without it: run `python -m bench.performance`"
     )
+
+
+def documented_tree(markdown: str, top: str = "server/") -> set[str]:
+    """The files under `top` that a ```text tree of the page lists (two spaces a level)."""
+    found: set[str] = set()
+    folders: list[str] = []
+    inside = False
+    for line in markdown.splitlines():
+        name = line.strip().split(" ", 1)[0]
+        depth = (len(line) - len(line.lstrip(" "))) // 2
+        if depth == 0:
+            inside = name == top
+            folders = [top] if inside else []
+            continue
+        if not inside or not name:
+            continue
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
+        else:
+            found.add("".join(folders) + name)
+    return found
+
+
+def test_the_module_tree_in_the_architecture_doc_is_the_tree() -> None:
+    documented = documented_tree((ROOT / "docs/architecture.md").read_text())
+    modules = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "server").rglob("*.py")
+        if path.name != "__init__.py"
+    }
+    assert "server/settings.py" in documented  # the tree is where the test looks
+    assert sorted(modules - documented) == [], "modules missing from docs/architecture.md"
+    assert sorted(documented - modules) == [], "docs/architecture.md lists modules that are gone"
