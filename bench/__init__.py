@@ -5,6 +5,7 @@ and wrk (REST through Envoy), on SQLite and PostgreSQL, and print how they compa
     calls.py      the measured calls in both forms; seeding; checking replies
     load.py       h2load and wrk: running them, reading their output
     report.py     the table and the targets
+    performance.py  docs/performance.md's numbers, rendered from results.json
     baseline.py   the bare grpcio server the service is measured against
     limiter.py    the rate limiter alone under a flood of clients (`python -m bench.limiter`)
 

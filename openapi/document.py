@@ -5,23 +5,29 @@ Routes come from the google.api.http rules; who may call from
 each route from (contacts.options.v1.rest) and the Failure enum; texts from
 the proto's comments. What is said here is only how the REST door (Envoy and
 envoy/rest.lua) answers every route alike: the {"detail"} body of a failure,
-and the rate-limit and authentication headers.
+and the rate-limit and authentication headers. The document's introduction
+(introduction.md) and its request examples (examples.py) are written for
+callers, apart from the proto, whose own comments speak to its maintainers.
 """
 
 from __future__ import annotations
 
 import re
 from http import HTTPStatus
+from pathlib import Path
 from typing import Any
 
 from google.api import annotations_pb2, http_pb2
-from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
+from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 
 from contacts.options.v1 import options_pb2
 from openapi.descriptors import Contract
+from openapi.examples import EXAMPLES
 from openapi.schemas import WELL_KNOWN, Schema, Schemas, is_required
 
 ERROR = "Error"
+# What the page says first, to someone calling the API.
+INTRODUCTION = Path(__file__).with_name("introduction.md")
 BEARER = "bearer"
 RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 # Headers the REST door adds to every route's replies alike (server/limits.py,
@@ -95,14 +101,19 @@ def document(contract: Contract) -> dict[str, Any]:
             }
     if api_file is None:
         raise ValueError("no RPC has a google.api.http rule: nothing to document")
-    title, _, description = contract.comment(api_file).partition("\n\n")
+    unused = set(EXAMPLES) - {
+        method.full_name for service in contract.services() for method in service.methods
+    }
+    if unused:
+        raise ValueError(f"examples for RPCs the contract does not have: {sorted(unused)}")
+    title = contract.comment(api_file).partition("\n\n")[0]
     schemas.components[ERROR] = failures.schema
     return {
         "openapi": "3.1.0",
         "info": {
             "title": title.replace("\n", " "),
             "version": api_file.package.rpartition(".")[2],
-            "description": description,
+            "description": INTRODUCTION.read_text().strip(),
         },
         "tags": tags,
         "paths": paths,
@@ -211,7 +222,7 @@ def _operation(
     in_path = tuple(_VARIABLE.findall(path))
     parameters = [_parameter(schemas, request.fields_by_name[name], "path") for name in in_path]
     if rule.body == "*":
-        operation["requestBody"] = _body(schemas, request, in_path)
+        operation["requestBody"] = _body(schemas, method, in_path)
     else:
         if rule.body:
             field = request.fields_by_name[rule.body]
@@ -280,10 +291,19 @@ def _parameter(schemas: Schemas, field: FieldDescriptor, where: str) -> Schema:
     return parameter
 
 
-def _body(schemas: Schemas, request: Descriptor, in_path: tuple[str, ...]) -> Schema:
+def _body(schemas: Schemas, method: MethodDescriptor, in_path: tuple[str, ...]) -> Schema:
+    """A whole-message body, with the example the docs page offers for it."""
+    request = method.input_type
     schema = schemas.request(request, leave_out=in_path)
     required = any(is_required(field) for field in request.fields if field.name not in in_path)
-    return {"required": required, "content": {"application/json": {"schema": schema}}}
+    example = EXAMPLES.get(method.full_name)
+    if example is None:
+        raise ValueError(f"{method.full_name}: no request example in openapi/examples.py")
+    unknown = set(example) - set(schema["properties"])
+    if unknown:
+        raise ValueError(f"{method.full_name}: the example sets {sorted(unknown)}, not in its body")
+    media = {"schema": schema, "example": example}
+    return {"required": required, "content": {"application/json": media}}
 
 
 def _success(

@@ -258,3 +258,85 @@ def test_a_browser_renders_every_operation_on_the_docs_page_from_this_machine_al
     assert "GET http://canary.invalid/x.png HTTP/1.1" in outside.seen
     with capsys.disabled():
         print(f"\nthe docs page, rendered by chromium, lists: {[s[:2] for s in shown]}")
+
+
+def test_the_introduction_speaks_to_callers() -> None:
+    introduction = DOCUMENT["info"]["description"]
+    written = Path(__file__).parent.parent / "openapi" / "introduction.md"
+    assert introduction == written.read_text().strip()
+    assert "This file is the contract" not in introduction  # the proto's note to maintainers
+    words = " ".join(introduction.split())
+    assert "*Try it out*, then *Execute*" in words and "*Authorize*" in words
+
+
+# Each route's request example, as the docs page offers it.
+EXAMPLES = {
+    (method.upper(), path): operation["requestBody"]["content"]["application/json"]["example"]
+    for path, operations in DOCUMENT["paths"].items()
+    for method, operation in operations.items()
+    if "requestBody" in operation
+}
+
+
+def test_every_request_example_is_accepted_as_it_is(rest: Rest, user: tuple[str, str]) -> None:
+    assert set(EXAMPLES) == {
+        ("POST", "/contacts"),
+        ("PATCH", "/contacts/{contact_id}"),
+        ("POST", "/companies"),
+    }
+    made: dict[str, str] = {}
+    # Creates first: a path's id is one the service just made.
+    for (method, path), example in sorted(EXAMPLES.items(), key=lambda e: e[0][0] != "POST"):
+        operation = DOCUMENT["paths"][path][method.lower()]
+        token = None if {} in operation["security"] else user[1]
+        url = path.format(contact_id=made.get("/contacts", ""))
+        r = rest.request(method, url, token=token, json=example)
+        success = next(iter(operation["responses"]))
+        assert r.status_code == int(success), (method, path, r.status_code, r.text)
+        reply = body(r)
+        assert {k: reply[k] for k in example} == example  # what was sent is what is there
+        if method == "POST":
+            made[path] = reply["id"]
+
+
+def test_get_root_points_to_the_docs(rest: Rest) -> None:
+    r = rest.get("/", allow_redirects=False)
+    assert r.status_code == 302
+    assert r.headers["location"].endswith("/docs")
+    followed = rest.get("/")
+    assert followed.status_code == 200
+    assert followed.headers["content-type"] == DOCS_FILES["/docs"]
+    # Only GET: any other method on / is still an unmapped route.
+    r = rest.post("/")
+    assert r.status_code == 404
+    assert body(r) == {"detail": "Not Found"}
+
+
+def test_try_it_out_then_execute_creates_a_contact_on_the_first_click(
+    browser: tuple[Browser, Refuser], envoy: Envoy, capsys: pytest.CaptureFixture[str]
+) -> None:
+    chromium, _ = browser
+    page = chromium.open(f"{envoy.url}/")  # the redirect, as a person would come
+    operation = "document.getElementById('operations-ContactsService-CreateContact')"
+    page.wait_for(f"!!{operation}")
+    assert page.evaluate("location.pathname") == "/docs"
+    description = page.evaluate("document.querySelector('.info .description').textContent")
+    assert "Try it first" in description
+    page.evaluate(f"{operation}.querySelector('.opblock-summary-control').click()")
+    page.wait_for(f"!!{operation}.querySelector('.try-out__btn')")
+    page.evaluate(f"{operation}.querySelector('.try-out__btn').click()")
+    page.wait_for(f"!!{operation}.querySelector('button.execute')")
+    sent = page.evaluate(f"{operation}.querySelector('textarea.body-param__text').value")
+    assert json.loads(sent) == EXAMPLES[("POST", "/contacts")]
+    page.evaluate(f"{operation}.querySelector('button.execute').click()")
+    status = page.wait_for(
+        f"{operation}.querySelector('.live-responses-table tbody .response-col_status')"
+        "?.textContent"
+    )
+    assert status.strip() == "201", status
+    reply = page.evaluate(
+        f"{operation}.querySelector('.live-responses-table tbody .highlight-code pre').textContent"
+    )
+    created = json.loads(reply)
+    with capsys.disabled():
+        print(f"\nthe docs page's first click on POST /contacts: {status}, id {created['id']}")
