@@ -244,7 +244,7 @@ def test_a_new_primary_demotes_the_previous_one(rest: Rest, company: dict[str, A
 
 def test_unmapped_paths_and_methods_are_404(rest: Rest) -> None:
     for method, path in [
-        ("GET", "/"),
+        ("POST", "/"),
         ("GET", "/nope"),
         ("PUT", "/contacts"),
         ("PUT", f"/contacts/{uuid.uuid4()}"),
