@@ -207,4 +207,8 @@ def observability_lines(rows: list[Row], counted: Count | None = None) -> str:
             f"cost {counted.cost:6.1%} (<= {OBSERVABILITY_BOUND:.0%}) {verdict:<7} gRPC, the "
             "server's user space, counted by callgrind (within ~0.5 % from run to run here)"
         )
+        if counted.split:
+            lines.append("where a GetContact's instructions run (on), by the file that runs them:")
+            for part, count in sorted(counted.split.items(), key=lambda item: -item[1]):
+                lines.append(f"  {part:<45} {count:>9,.0f}/call  {count / counted.on:6.1%}")
     return "\n".join(lines)

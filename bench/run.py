@@ -211,9 +211,6 @@ def measure_observability(run: Run, env: dict[str, str], contact: str) -> None:
         return
     on, off = run.counted.on, run.counted.off
     print(f"  on {on:,.0f}  off {off:,.0f}  ({run.counted.cost:+.1%})", flush=True)
-    print("  where a GetContact's instructions run (on):", flush=True)
-    for part, count in sorted(run.counted.split.items(), key=lambda item: -item[1]):
-        print(f"    {part:<45} {count:>9,.0f}  {count / on:6.1%}", flush=True)
 
 
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
