@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 import time
 import uuid
@@ -93,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     tok.add_argument("--superuser", action="store_true")
     tok.add_argument("--lifetime", type=int, default=3600, help="seconds (default 3600)")
     args = parser.parse_args(argv)
+    # What the service writes (the SQLite database and its journal, Envoy's
+    # config, the secret) is its own user's alone; its workers inherit this.
+    os.umask(0o077)
 
     logs.configure()  # until the settings say which format and level
     try:

@@ -104,8 +104,8 @@ class Method:
 
     @cached_property
     def path_template(self) -> re.Pattern[str] | None:
-        """A pattern of its REST path with a group per variable; None without variables."""
-        return _template(self.http_path) if "{" in self.http_path else None
+        """A pattern of its REST path, a group per variable; None without an HTTP rule."""
+        return _template(self.http_path) if self.http_path else None
 
     @cached_property
     def reply_kind(self) -> str | None:

@@ -16,6 +16,16 @@ from grpc_interceptor import exceptions
 from contacts.options.v1 import options_pb2
 from server.rest import REASONS
 
+# The most of a client's own text an error message repeats: a message travels
+# in the reply's trailers, whose size a shared upstream connection bounds.
+ECHOED_CHARACTERS = 40
+
+
+def echo(sent: str) -> str:
+    """A client's text as an error message may quote it: short, and printable."""
+    text = sent if len(sent) <= ECHOED_CHARACTERS else sent[:ECHOED_CHARACTERS] + "…"
+    return text if text.isprintable() and text.isascii() else ascii(text)[1:-1]
+
 
 class InvalidField(exceptions.InvalidArgument):
     """A request field failed validation; the message names the field.
@@ -43,6 +53,13 @@ class InvalidField(exceptions.InvalidArgument):
 class ContactNotFound(exceptions.NotFound):
     reason = "CONTACT_NOT_FOUND"
     details = "Contact not found"
+
+
+class PathNotFound(exceptions.NotFound):
+    """A REST path that no route's template matches exactly (`/contacts/{id}/`)."""
+
+    reason = "NOT_FOUND"
+    details = REASONS[404]
 
 
 class CompanyNotFound(exceptions.NotFound):

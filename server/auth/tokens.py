@@ -23,7 +23,9 @@ MAX_LIFETIME_SECONDS = 366 * 24 * 3600
 # A sub is stored as an owner and keys a rate-limit bucket: control
 # characters (NUL among them) and lone surrogates have no place there, and
 # the database refuses the last two outright.
-_REFUSED_IN_SUB = ("Cc", "Cs")
+# Line separators and format characters (bidirectional overrides, zero-width
+# ones) neither: a sub is written to the log, where they would forge or hide text.
+_REFUSED_IN_SUB = ("Cc", "Cs", "Zl", "Zp", "Cf")
 
 
 @dataclass(frozen=True)

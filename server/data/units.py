@@ -22,7 +22,6 @@ from playhouse.pool import MaxConnectionsExceeded
 from server import call as calls
 from server.errors import Conflict, StoreUnavailable
 
-
 P = ParamSpec("P")
 R = TypeVar("R")
 

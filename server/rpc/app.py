@@ -222,8 +222,8 @@ def build_server(
             ReadInterceptor(settings.read_timeout),
             CallInterceptor(limiter.client, tally, contract),
             ErrorInterceptor(),
+            limiter,  # every call counts, whatever becomes of it
             RestInterceptor(contract),
-            limiter,
             AuthInterceptor(tokens, contract),
             # Keys belong to the client the limiter counts (token sub, else address).
             IdempotencyInterceptor(Keys(store), offload, limiter.client, contract),

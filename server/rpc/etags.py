@@ -14,6 +14,10 @@ import re
 HEADER = "etag"
 IF_MATCH = "if-match"
 _TAG = re.compile(r'\s*(W/)?"([^"]*)"\s*')
+# The tags this service issues: a version, in ASCII digits, within the column's
+# range (a 32-bit integer on PostgreSQL); any other tag can match nothing.
+_VERSION = re.compile(r"[0-9]{1,10}", re.ASCII)
+MAX_VERSION = 2**31 - 1
 
 
 def etag(version: int) -> str:
@@ -32,6 +36,8 @@ def expected_versions(values: list[str]) -> frozenset[int] | None:
     for value in values:
         for item in value.split(","):
             found = _TAG.fullmatch(item)
-            if found and not found.group(1) and found.group(2).isdigit():
-                versions.add(int(found.group(2)))
+            if found and not found.group(1) and _VERSION.fullmatch(found.group(2)):
+                version = int(found.group(2))
+                if version <= MAX_VERSION:
+                    versions.add(version)
     return frozenset(versions)

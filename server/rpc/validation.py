@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import peewee
 
 from server.data.models import Company, Contact
-from server.errors import InvalidField
+from server.errors import InvalidField, echo
 
 DEFAULT_PAGE = 100
 MAX_PAGE = 1000
@@ -18,7 +18,14 @@ MAX_PAGE = 1000
 # is the mail server's business, not ours.
 _EMAIL = re.compile(r"[^@\s]+@[^@\s.]+(\.[^@\s.]+)+")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# C0 and C1 controls; line and paragraph separators (a line break in a log or a
+# terminal); the bidirectional embeddings, overrides and isolates, which make
+# text display as something else than it is (U+202E turns "exe.txt" around).
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# In an email also: zero-width characters and full-width forms (U+FF20 for "@"), with which
+# two addresses that look alike differ. (Names keep the zero-width joiners that
+# Persian and Indic scripts need.)
+_EMAIL_LOOKALIKES = re.compile("[\u200b-\u200d\u2060\ufeff\uff01-\uff5e]")
 
 # field -> (maximum length, required to be non-blank), as the columns declare them:
 # a column that takes no NULL is a field a client must fill.
@@ -51,7 +58,9 @@ def text(value: str, field: str) -> str:
     if len(value) > limit:
         raise InvalidField(field, f"must be at most {limit} characters")
     if _CONTROL.search(value):
-        raise InvalidField(field, "must not contain control characters")
+        raise InvalidField(field, "must not contain control or bidirectional formatting characters")
+    if field == "email" and _EMAIL_LOOKALIKES.search(value):
+        raise InvalidField(field, "must not contain zero-width or full-width characters")
     if field == "email" and not _EMAIL.fullmatch(value):
         raise InvalidField(field, "must be a valid email address")
     return value
@@ -87,7 +96,8 @@ def update_changes(request: Any, mask: list[str] | None, sent: list[str] | None)
     if mask is not None:
         unknown = [path for path in mask if path not in UPDATABLE]
         if unknown:
-            raise InvalidField("update_mask", f"names no updatable field: {', '.join(unknown)}")
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise InvalidField("update_mask", f"names no updatable field: {echo(unknown[0])}{more}")
         kept = {CLEARABLE.get(path, path) for path in mask}
         changes = {column: value for column, value in changes.items() if column in kept}
         unset = [path for path in mask if not request.HasField(path)]

@@ -50,9 +50,7 @@ class ErrorInterceptor(AsyncExceptionToStatusInterceptor):
     async def intercept(
         self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
-        if isinstance(request, Unread):  # refused through handle_exception, like any error
-            method = request.refuse
-        elif hasattr(request, "__aiter__"):
+        if hasattr(request, "__aiter__"):
             request = _decoded(request)
         return await super().intercept(method, request, context, method_name)
 

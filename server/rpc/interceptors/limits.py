@@ -6,6 +6,7 @@ import functools
 import ipaddress
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import unquote
 
 import grpc
 from grpc_interceptor import AsyncServerInterceptor
@@ -23,12 +24,13 @@ from server.settings import Networks
 CLIENT_ADDRESS_HEADER = "x-contacts-client-address"  # written by Envoy (envoy.yaml.tmpl)
 
 
-def peer_address(context: grpc.aio.ServicerContext) -> str:
-    """The peer's IP from grpc's "ipv4:1.2.3.4:5678" / "ipv6:[::1]:5678"."""
-    peer = context.peer() or ""
+def peer_address(peer: str) -> str:
+    """The IP of grpc's peer string: "ipv4:1.2.3.4:5678", or "ipv6:%5B::1%5D:5678" (grpc
+    percent-encodes the brackets, as a URI would); another kind of peer as it is."""
     kind, _, rest = peer.partition(":")
     if kind == "ipv6":
-        return rest.rpartition("]")[0].lstrip("[")
+        host = unquote(rest).rpartition(":")[0]  # "[::1]"
+        return host.removeprefix("[").removesuffix("]")
     if kind == "ipv4":
         return rest.rpartition(":")[0]
     return peer
@@ -72,7 +74,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         who = identity(context, self._tokens).caller
         if who is not None:
             return f"sub:{who.sub}"
-        address = peer_address(context)
+        address = peer_address(context.peer() or "")
         if self._is_trusted(address):
             forwarded = metadata_values(context, CLIENT_ADDRESS_HEADER)
             if len(forwarded) == 1 and forwarded[0]:

@@ -5,8 +5,8 @@ and never finishes them would hold them open: a unary method is served as a
 client-streaming one whose single message is read with a deadline. And a
 request whose bytes are not a valid message (a REST id with bytes that are
 not UTF-8, say) would make grpcio answer INTERNAL, and log a traceback,
-before any interceptor ran: it is decoded here into `Unread`, which the error
-interceptor refuses as INVALID_ARGUMENT.
+before any interceptor ran: it is decoded here into `Unread`, which the REST
+interceptor refuses as INVALID_ARGUMENT once the rate limiter has counted it.
 
 This is the one interceptor that changes the shape of a method's handler,
 which grpc-interceptor's `intercept` cannot do; it is outermost, so every
@@ -29,13 +29,10 @@ UNDECODABLE_PROBLEM = "is not a valid message (text must be UTF-8)"
 
 
 class Unread:
-    """Stands in for a request that could not be read; `refuse` raises why."""
+    """Stands in for a request that could not be read; `error` says why."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
-
-    async def refuse(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        raise self.error
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:

@@ -1,5 +1,13 @@
-"""REST calls as the proto declares them (see server/rpc/rest.py): path variables win,
-and a reply says its REST kind."""
+"""REST calls as the proto declares them (see server/rest.py): the path matches its
+route's template exactly, path variables win, and a reply says its REST kind.
+
+The transcoder matches a path more loosely than its template (`/contacts/X/`
+reaches GetContact), and fills a request from the path, the query and the
+body, where a query or body field named like a path variable overwrites the
+path's value (`DELETE /contacts/A/?contact_id=B` would delete B). So the path
+Envoy was sent (rest.lua passes it on) is matched against the template here,
+and its values are put back.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +20,19 @@ from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
 from server.contract import Contract
+from server.errors import PathNotFound
 from server.rest import PATH_HEADER, REPLY_HEADER
+from server.rpc.interceptors.reading import Unread
 from server.rpc.metadata import metadata_values
 
 
 class RestInterceptor(AsyncServerInterceptor):
-    """For a call through Envoy's REST door (envoy/rest.lua names its path): puts the
-    path's variables back into the request, and tells rest.lua the reply's kind."""
+    """For a call through Envoy's REST door (envoy/rest.lua.tmpl names its path): refuses a
+    path its route's template does not match exactly, puts the path's variables back into
+    the request, and tells rest.lua the reply's kind.
+
+    It also refuses a request that could not be read (reading.Unread), after the
+    rate limiter has counted it: every call draws from its client's bucket."""
 
     def __init__(self, contract: Contract) -> None:
         self._contract = contract
@@ -26,15 +40,18 @@ class RestInterceptor(AsyncServerInterceptor):
     async def intercept(
         self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
+        if isinstance(request, Unread):
+            raise request.error
         sent = metadata_values(context, PATH_HEADER)
         declared = self._contract.get(method_name)
-        if len(sent) != 1 or declared is None:
+        if not sent or declared is None:
             return await super().intercept(method, request, context, method_name)
         template = declared.path_template
-        found = template.fullmatch(sent[0]) if template is not None else None
-        if found is not None:
-            for name, value in found.groupdict().items():
-                setattr(request, name, unquote(value))
+        found = template.fullmatch(sent[0]) if template is not None and len(sent) == 1 else None
+        if found is None:
+            raise PathNotFound()
+        for name, value in found.groupdict().items():
+            setattr(request, name, unquote(value))
         response = await super().intercept(method, request, context, method_name)
         if declared.reply_kind is not None:
             call = calls.current()
