@@ -11,10 +11,12 @@ gets the same Call through the context it is run in.
 from __future__ import annotations
 
 import os
+import re
 import time
 import uuid
+from collections.abc import Iterable
 from contextvars import ContextVar
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from server.auth.tokens import Identity
@@ -74,9 +76,23 @@ class Call:
 _current: ContextVar[Call | None] = ContextVar("call", default=None)
 
 
-def begin(request_id: str) -> Call:
-    """Starts the call being served (the outermost interceptor does, once a call)."""
-    call = Call(request_id)
+REQUEST_ID = "x-request-id"  # Envoy's header; gRPC metadata of the same name
+# A request id a client sent is kept if it is a plain token (Envoy's are UUIDs);
+# anything else would let a client write what it likes into the log. A plain
+# token is written bare in text and JSON lines alike, with no check per line.
+_USABLE_ID = re.compile(r"[\w.:/+-]{1,128}", re.ASCII).fullmatch
+
+
+def begin(metadata: Iterable[tuple[str, Any]] | None) -> Call:
+    """Starts the call being served, with the request id its metadata carries if that
+    is usable, else a new one (the outermost interceptor does, once a call)."""
+    request_id = None
+    for key, value in metadata or ():
+        if key == REQUEST_ID:
+            if isinstance(value, str) and _USABLE_ID(value):
+                request_id = value
+            break
+    call = Call(request_id or new_request_id())
     _current.set(call)
     return call
 

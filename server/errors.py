@@ -157,6 +157,29 @@ class GaveUp(exceptions.DeadlineExceeded):
     details = "The deadline passed before the write was committed; nothing changed"
 
 
+class TooManyCalls(exceptions.ResourceExhausted):
+    """The client already holds its share of the server's call slots (REST 429)."""
+
+    reason = "TOO_MANY_CALLS"
+    details = "Too many calls in flight from this client"
+
+
+class ServerBusy(exceptions.Unavailable):
+    """Every call slot of the server is taken: overload, not the caller's doing (503)."""
+
+    reason = "SERVER_BUSY"
+    details = "The server is busy, try again shortly"
+
+
+class StreamIdle(exceptions.DeadlineExceeded):
+    """A stream that sent nothing for its idle time; ended, its slot freed."""
+
+    reason = "STREAM_IDLE"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The stream was idle for {seconds:g} s")
+
+
 class RequestNotReceived(exceptions.DeadlineExceeded):
     """The request message did not arrive within the server's read timeout."""
 

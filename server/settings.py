@@ -113,6 +113,9 @@ class Settings:
     threads: int = 4
     read_timeout: float = 15.0  # seconds a call may take to send its request
     max_calls: int = 1000  # calls in flight at once, waiting ones included
+    # Of those, what one client (a token's sub, else an address) may hold: the
+    # rest stay free for the others whatever one client does.
+    max_calls_per_client: int = 100
     log_format: str = "text"  # or "json": one object per line (the server's and Envoy's)
     log_level: str = "info"  # "warning" drops the line per call
     metrics_port: int = 9464  # Prometheus /metrics (all interfaces); 0: no metrics at all
@@ -145,6 +148,9 @@ class Settings:
             threads=_int(env, "CONTACTS_DB_THREADS", cls.threads, minimum=1),
             read_timeout=_int(env, "CONTACTS_READ_TIMEOUT", int(cls.read_timeout), minimum=1),
             max_calls=_int(env, "CONTACTS_MAX_CALLS", cls.max_calls, minimum=1),
+            max_calls_per_client=_int(
+                env, "CONTACTS_MAX_CALLS_PER_CLIENT", cls.max_calls_per_client, minimum=1
+            ),
             log_format=_choice(env, "CONTACTS_LOG_FORMAT", cls.log_format, LOG_FORMATS),
             log_level=_choice(env, "CONTACTS_LOG_LEVEL", cls.log_level, LOG_LEVELS),
             metrics_port=_int(env, "CONTACTS_METRICS_PORT", cls.metrics_port),

@@ -249,3 +249,60 @@ def test_a_detail_never_repeats_more_than_a_short_piece_of_what_was_sent(
     assert len(body(r)["detail"]) < 200
     r = requests.get(f"{rest.base_url}/contacts/{'x' * 1500}", timeout=10)
     assert r.status_code == 400 and len(body(r)["detail"]) < 200
+
+
+@pytest.mark.parametrize("door", ["gRPC", "REST"])
+def test_a_call_its_client_cancels_is_logged_cancelled(
+    settings: Any,
+    rest: Rest,
+    contacts_stub: contacts_pb2_grpc.ContactsServiceStub,
+    superuser_token: str,
+    caplog: pytest.LogCaptureFixture,
+    door: str,
+) -> None:
+    """Any client can cancel: such a call is the client's doing, not a server fault
+    (it was logged code=UNKNOWN at WARNING and counted as grpc_code="UNKNOWN")."""
+    import logging
+    import sqlite3
+    import time
+
+    from tests.harness import wait_for
+
+    if not settings.database_url.startswith("sqlite:"):
+        pytest.skip("holds SQLite's write lock to keep a call waiting")
+    locker = sqlite3.connect(settings.database_url.removeprefix("sqlite:///"), timeout=0)
+    locker.execute("BEGIN IMMEDIATE")  # the create below waits for this lock
+    try:
+        with caplog.at_level(logging.INFO, logger="server.calls"):
+            if door == "gRPC":
+                waiting = contacts_stub.CreateContact.future(
+                    pb.CreateContactRequest(first_name="C", email="c@x.io"),
+                    metadata=bearer(superuser_token),
+                )
+                time.sleep(0.5)
+                assert waiting.cancel()
+            else:  # the client gives up and closes its connection; Envoy resets the call
+                with pytest.raises(requests.Timeout):
+                    requests.post(
+                        f"{rest.base_url}/contacts",
+                        json=NEW,
+                        headers={"Authorization": f"Bearer {superuser_token}"},
+                        timeout=0.5,
+                    )
+
+            def line() -> Any:
+                return next(
+                    (
+                        r
+                        for r in caplog.records
+                        if getattr(r, "fields", {}).get("method", "").endswith("/CreateContact")
+                    ),
+                    None,
+                )
+
+            record = wait_for(line, timeout=5, what="the cancelled call's line")
+    finally:
+        locker.rollback()
+        locker.close()
+    assert record.fields["code"] == "CANCELLED"
+    assert record.levelno == logging.INFO

@@ -154,7 +154,11 @@ def test_the_docs_are_not_served_to_grpc_or_other_methods(rest: Rest, envoy: Env
 # rules on text, lengths and email form, and the transcoder also takes "true"
 # for true, so the schema's idea of valid input differs from the server's in
 # both directions, and a 400 is always documented), and unsupported_method
-# (CONTRACT.md: an unmapped method is 404, not 405).
+# (CONTRACT.md: an unmapped method is 404, not 405); and
+# ensure_resource_availability, which takes every 201 for a new resource:
+# schemathesis reuses the short Idempotency-Key values it generates, and a
+# create sent again under a key answers its first response (the draft's rule),
+# whose contact a DELETE in between may have removed.
 CHECKS = ",".join(
     (
         "not_a_server_error",
@@ -163,7 +167,6 @@ CHECKS = ",".join(
         "response_headers_conformance",
         "response_schema_conformance",
         "use_after_free",
-        "ensure_resource_availability",
         "ignored_auth",
     )
 )

@@ -25,10 +25,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
+from server.auth.tokens import Tokens
 from server.data.store import Store
 from server.rpc.app import App, create_app
 from server.settings import Settings
-from tests.conftest import Rest
+from tests.conftest import Rest, bearer
 from tests.harness import Envoy, wait_for
 
 GET_CONTACT = "/contacts.v1.ContactsService/GetContact"
@@ -183,9 +184,11 @@ def test_stalled_requests_on_both_doors_freeze_nobody(
 
 @pytest.fixture
 def strict(settings: Settings, store: Store) -> Iterator[App]:
-    """A server with a 1 s read deadline and room for 16 calls in flight."""
+    """A server with a 1 s read deadline and room for 16 calls in flight, 8 a client."""
     running = create_app(
-        dataclasses.replace(settings, read_timeout=1.0, max_calls=16), store, host="127.0.0.1"
+        dataclasses.replace(settings, read_timeout=1.0, max_calls=16, max_calls_per_client=8),
+        store,
+        host="127.0.0.1",
     )
     running.start()
     yield running
@@ -202,15 +205,29 @@ def test_a_stalled_call_ends_at_the_read_deadline(strict: App) -> None:
     assert statuses == dict.fromkeys(stalled.streams, code)
 
 
-def test_calls_in_flight_are_bounded(strict: App) -> None:
+def test_calls_in_flight_are_bounded_per_client(strict: App, tokens: Tokens) -> None:
+    """One client holding calls open gets its share of the slots and no more (its next
+    calls are refused at once, its own doing: RESOURCE_EXHAUSTED); another client is
+    served all the while."""
     stalled = StalledStreams(strict.port, 24, partial=False)
     try:
         statuses = stalled.statuses(wait=0.5)  # before the read deadline frees any
+        exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert list(statuses.values()) == [exhausted] * 16
+        with grpc.insecure_channel(f"127.0.0.1:{strict.port}") as channel:
+            stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+            other = bearer(tokens.issue(f"other-{uuid.uuid4().hex[:6]}"))
+            for _ in range(20):
+                with pytest.raises(grpc.RpcError) as answered:
+                    stub.GetContact(
+                        pb.GetContactRequest(contact_id=str(uuid.uuid4())),
+                        metadata=other,
+                        timeout=PATIENCE,
+                    )
+                assert answered.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
     finally:
         stalled.close()
-    exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
-    assert list(statuses.values()) == [exhausted] * 8
-    # Once they are gone (the server learns it asynchronously), it serves again.
+    # Once they are gone (the server learns it asynchronously), it serves that client again.
     with grpc.insecure_channel(f"127.0.0.1:{strict.port}") as channel:
         stub = contacts_pb2_grpc.ContactsServiceStub(channel)
 
@@ -224,14 +241,15 @@ def test_calls_in_flight_are_bounded(strict: App) -> None:
         wait_for(not_found, timeout=PATIENCE, what="the server to serve again")
 
 
-def test_grpc_cores_own_messages_never_reach_rest_clients(
-    strict: App, tmp_path_factory: pytest.TempPathFactory
+def test_held_calls_through_envoy_leave_other_rest_clients_served(
+    strict: App, tokens: Tokens, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
+    """Calls held open on Envoy's door (gRPC core's own limit once answered every REST
+    client there with 429): the holder's further calls are its own 429, and a client
+    with a token of its own is served."""
     envoy = Envoy(strict.proxy_port, tmp_path_factory.mktemp("envoy-strict"))
     try:
         envoy.wait_upstream()
-        # Every call slot of Envoy's door held: gRPC refuses the next call
-        # itself, with a message of its own ("Concurrent RPC limit exceeded!").
         stalled = StalledStreams(strict.proxy_port, 16, partial=False)
         rest = Rest(envoy.url)
 
@@ -240,10 +258,13 @@ def test_grpc_cores_own_messages_never_reach_rest_clients(
             return [r] if r.status_code == 429 else []
 
         try:  # the server takes the stalled calls in as it reads them
-            [r] = wait_for(refused, what="the server to have no call slot left")
+            [r] = wait_for(refused, what="the holder's share to be taken")
+            token = tokens.issue(f"other-{uuid.uuid4().hex[:6]}")
+            others = [rest.get(f"/contacts/{uuid.uuid4()}", token=token) for _ in range(20)]
         finally:
             stalled.close()
-        assert r.json() == {"detail": "Too Many Requests"}
+        assert r.json() == {"detail": "Too many calls in flight from this client"}
         assert not [h for h in r.headers if h.lower().startswith(("grpc-", "x-contacts"))]
+        assert [o.status_code for o in others] == [404] * 20
     finally:
         envoy.stop()

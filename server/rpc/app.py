@@ -22,13 +22,14 @@ from server.data.offload import Offload
 from server.data.store import Store
 from server.errors import StoreUnavailable
 from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
+from server.limits.slots import Slots
 from server.observability import logs, metrics
+from server.rpc.interceptors.admission import AdmissionInterceptor
 from server.rpc.interceptors.auth import AuthInterceptor
 from server.rpc.interceptors.errors import ErrorInterceptor
 from server.rpc.interceptors.idempotency import IdempotencyInterceptor
 from server.rpc.interceptors.limits import RateLimitInterceptor
 from server.rpc.interceptors.observe import CallInterceptor
-from server.rpc.interceptors.reading import ReadInterceptor
 from server.rpc.interceptors.rest import RestInterceptor
 from server.rpc.services import Companies, Contacts
 from server.settings import Settings
@@ -216,10 +217,12 @@ def build_server(
         RateClass.GENERAL: settings.rate_limit_default,
     }
     limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies, tokens)
+    # This port's call slots (Envoy's door has its own).
+    slots = Slots(settings.max_calls, settings.max_calls_per_client)
     server = grpc.aio.server(
         # A call's way in, outermost first; each hop knows only the next.
         interceptors=[
-            ReadInterceptor(settings.read_timeout),
+            AdmissionInterceptor(settings.read_timeout, slots, limiter.client),
             CallInterceptor(limiter.client, tally, contract),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
@@ -228,9 +231,9 @@ def build_server(
             # Keys belong to the client the limiter counts (token sub, else address).
             IdempotencyInterceptor(Keys(store), offload, limiter.client, contract),
         ],
-        # Calls waiting for their message cost a coroutine, not a thread;
-        # this bounds how many there can be (past it: RESOURCE_EXHAUSTED).
-        maximum_concurrent_rpcs=settings.max_calls,
+        # The slots above bound calls per client; grpc's own count, which
+        # refuses anyone past it, only bounds the refusals in flight.
+        maximum_concurrent_rpcs=2 * settings.max_calls,
         options=[
             # grpcio sets SO_REUSEPORT by default, which would let a stray second
             # server silently share a busy port; only workers may share it.

@@ -20,17 +20,17 @@ from grpc_interceptor import AsyncExceptionToStatusInterceptor
 from grpc_interceptor.exceptions import GrpcException
 
 from server import call as calls
+from server.call import REQUEST_ID
 from server.contract import http_status
 from server.errors import InternalError, StoreUnavailable
 from server.observability import metrics
 from server.rest import DETAIL_HEADER, PATH_HEADER, STATUS_HEADER
-from server.rpc.interceptors.reading import Unread
+from server.rpc.interceptors.admission import Unread
 from server.rpc.metadata import metadata_values
 from server.rpc.status import status_of
 
 log = logging.getLogger(__name__)
 
-REQUEST_ID = "x-request-id"  # Envoy's header; gRPC metadata of the same name
 # Marks an error reply whose message was written for clients.
 CLIENT_DETAIL = (DETAIL_HEADER, "1")
 # Codes that mean the server failed, not the client.

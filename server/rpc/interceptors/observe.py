@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -17,29 +16,16 @@ import grpc
 from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
+from server.call import REQUEST_ID
 from server.contract import Contract
 from server.observability import logs
 from server.observability.metrics import MethodMetrics, Tally
-from server.rpc.interceptors.errors import REQUEST_ID, SERVER_FAULTS
+from server.rpc.interceptors.errors import SERVER_FAULTS
 
 log = logging.getLogger("server.calls")  # the call lines: operators select them by this name
 
-# A request id a client sent is kept if it is a plain token (Envoy's are UUIDs);
-# anything else would let a client write what it likes into the log. A plain
-# token is written bare in text and JSON lines alike, with no check per line.
-_USABLE_ID = re.compile(r"[\w.:/+-]{1,128}", re.ASCII).fullmatch
 _FAULT_NAMES = frozenset(code.name for code in SERVER_FAULTS)
 QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})  # probed every few seconds: DEBUG
-
-
-def request_id_of(metadata: Any) -> str:
-    """The id Envoy (or a gRPC client) sent, else a new one."""
-    for key, value in metadata or ():
-        if key == REQUEST_ID:
-            if isinstance(value, str) and _USABLE_ID(value):
-                return value
-            break
-    return calls.new_request_id()
 
 
 class _Method:
@@ -81,7 +67,7 @@ class CallInterceptor(AsyncServerInterceptor):
         if observed is None:  # only methods that exist get here: the map stays bounded
             kind = self._contract.kind(method_name)
             observed = self._methods[method_name] = _Method(method_name, kind, self._tally)
-        call = calls.begin(request_id_of(context.invocation_metadata()))
+        call = calls.current() or calls.begin(context.invocation_metadata())
         call.expire_in(context.time_remaining())
         if observed.metrics is not None:
             observed.metrics.begin()

@@ -22,7 +22,7 @@ from server import call as calls
 from server.contract import Contract
 from server.errors import PathNotFound
 from server.rest import PATH_HEADER, REPLY_HEADER
-from server.rpc.interceptors.reading import Unread
+from server.rpc.interceptors.admission import Unread
 from server.rpc.metadata import metadata_values
 
 
