@@ -112,6 +112,7 @@ class Settings:
     # Per server process: database threads, and PostgreSQL connections.
     threads: int = 4
     read_timeout: float = 15.0  # seconds a call may take to send its request
+    stream_idle: float = 60.0  # seconds a stream may send nothing either way, then it ends
     max_calls: int = 1000  # calls in flight at once, waiting ones included
     # Of those, what one client (a token's sub, else an address) may hold: the
     # rest stay free for the others whatever one client does.
@@ -147,6 +148,7 @@ class Settings:
             redis_url=env.get("CONTACTS_REDIS_URL", ""),
             threads=_int(env, "CONTACTS_DB_THREADS", cls.threads, minimum=1),
             read_timeout=_int(env, "CONTACTS_READ_TIMEOUT", int(cls.read_timeout), minimum=1),
+            stream_idle=_int(env, "CONTACTS_STREAM_IDLE", int(cls.stream_idle), minimum=1),
             max_calls=_int(env, "CONTACTS_MAX_CALLS", cls.max_calls, minimum=1),
             max_calls_per_client=_int(
                 env, "CONTACTS_MAX_CALLS_PER_CLIENT", cls.max_calls_per_client, minimum=1

@@ -44,7 +44,7 @@ class StalledStreams:
     """HTTP/2 gRPC streams on one connection that send headers (and maybe part of a
     message), then nothing more."""
 
-    def __init__(self, port: int, count: int, partial: bool) -> None:
+    def __init__(self, port: int, count: int, partial: bool, path: str = "") -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
         self.conn.initiate_connection()
@@ -56,7 +56,7 @@ class StalledStreams:
                 [
                     (":method", "POST"),
                     (":scheme", "http"),
-                    (":path", GET_CONTACT),
+                    (":path", path or GET_CONTACT),
                     (":authority", f"127.0.0.1:{port}"),
                     ("content-type", "application/grpc"),
                     ("te", "trailers"),
@@ -268,3 +268,57 @@ def test_held_calls_through_envoy_leave_other_rest_clients_served(
         assert [o.status_code for o in others] == [404] * 20
     finally:
         envoy.stop()
+
+
+REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+
+
+def test_idle_reflection_streams_of_one_client_lock_no_one_out(app: App, tokens: Tokens) -> None:
+    """1,000 reflection streams that never send a request, over 8 connections to the
+    public gRPC port, once refused every other client ("Concurrent RPC limit
+    exceeded!") for as long as they were held: streams had no timeout."""
+    stalls = [StalledStreams(app.port, 125, partial=False, path=REFLECTION) for _ in range(8)]
+    try:
+        ended = [code for stall in stalls for code in stall.statuses(wait=0.5).values()]
+        exhausted = str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        # Past its share, the holder's streams are refused at once, all of them.
+        assert len(ended) >= 1000 - app.settings.max_calls_per_client
+        assert set(ended) == {exhausted}
+        with grpc.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+            other = bearer(tokens.issue(f"other-{uuid.uuid4().hex[:6]}"))
+            failed = 0
+            for _ in range(100):
+                try:
+                    stub.GetContact(
+                        pb.GetContactRequest(contact_id=str(uuid.uuid4())),
+                        metadata=other,
+                        timeout=PATIENCE,
+                    )
+                except grpc.RpcError as error:
+                    failed += error.code() != grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
+        # Envoy's health checks come to its own door, whose slots are its own.
+        with grpc.insecure_channel(f"127.0.0.1:{app.proxy_port}") as door:
+            health = health_pb2_grpc.HealthStub(door)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=PATIENCE).status == 1
+        assert failed == 0
+    finally:
+        for stall in stalls:
+            stall.close()
+
+
+def test_an_idle_stream_is_ended(settings: Settings, store: Store) -> None:
+    """A stream that sends nothing for its idle time ends (DEADLINE_EXCEEDED), freeing
+    its slot."""
+    running = create_app(dataclasses.replace(settings, stream_idle=0.5), store, host="127.0.0.1")
+    running.start()
+    try:
+        stalled = StalledStreams(running.port, 3, partial=False, path=REFLECTION)
+        try:
+            statuses = stalled.statuses(wait=5)
+        finally:
+            stalled.close()
+        code = str(grpc.StatusCode.DEADLINE_EXCEEDED.value[0])
+        assert statuses == dict.fromkeys(stalled.streams, code)
+    finally:
+        running.stop(grace=0)

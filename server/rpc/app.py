@@ -222,7 +222,9 @@ def build_server(
     server = grpc.aio.server(
         # A call's way in, outermost first; each hop knows only the next.
         interceptors=[
-            AdmissionInterceptor(settings.read_timeout, slots, limiter.client),
+            AdmissionInterceptor(
+                settings.read_timeout, slots, limiter.client, settings.stream_idle
+            ),
             CallInterceptor(limiter.client, tally, contract),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it

@@ -11,8 +11,8 @@ read within a time limit and decoded tolerantly; a stream ended when it falls id
 - A request whose bytes are not a valid message (a REST id with bytes that
   are not UTF-8, say) would make grpcio answer INTERNAL, and log a
   traceback, before any interceptor ran: it is decoded into `Unread`.
-- A stream (health Watch, reflection) that sends nothing for
-  STREAM_IDLE_SECONDS is ended: an idle stream holds its slot for nothing.
+- A stream (health Watch, reflection) that sends nothing for its idle time
+  (CONTACTS_STREAM_IDLE) is ended: an idle stream holds its slot for nothing.
 
 A refused call and a request not read go on down the chain as `Unread`, so
 that they are logged, counted by the rate limiter and answered like any
@@ -44,7 +44,6 @@ from server.errors import (
 from server.limits.slots import Refusal, Slots
 
 UNDECODABLE_PROBLEM = "is not a valid message (text must be UTF-8)"
-STREAM_IDLE_SECONDS = 60.0
 REFUSALS = {Refusal.CLIENT_AT_SHARE: TooManyCalls, Refusal.SERVER_FULL: ServerBusy}
 
 
@@ -84,7 +83,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         read_timeout: float,
         slots: Slots,
         client: Callable[[grpc.aio.ServicerContext], str],
-        stream_idle: float = STREAM_IDLE_SECONDS,
+        stream_idle: float,
     ) -> None:
         self._read_timeout = read_timeout
         self._slots = slots
