@@ -1,0 +1,427 @@
+"""What one anonymous client can do to others through Envoy's port (issue 21:
+forged internal headers, unfinished bodies, header bytes gRPC cannot carry,
+calls held open), each attack bounded in count and time, run against the real
+server behind the real Envoy while a victim client's calls are counted: none
+may fail.
+
+The attacks that must reach Envoy below any client library's checks speak
+HTTP/1.1 over a socket or HTTP/2 through `h2`, as an attacker would.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import psutil
+import pytest
+import requests
+from grpc_health.v1 import health_pb2
+
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
+from server.auth.tokens import Tokens
+from tests.conftest import body
+from tests.harness import Envoy, Server, wait_for
+
+GET_CONTACT = "/contacts.v1.ContactsService/GetContact"
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# Calls one server process takes at once (CONTACTS_MAX_CALLS), set low so that
+# the attacks fill it with a few hundred streams.
+MAX_CALLS = 150
+
+
+def grpc_frame(message: Any) -> bytes:
+    """A gRPC length-prefixed message."""
+    data = message.SerializeToString()
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
+class H2:
+    """A raw HTTP/2 connection to Envoy, sending what a client library would refuse
+    to: bytes gRPC metadata cannot carry, more streams than Envoy allows, bodies
+    never finished."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+        self.conn = h2.connection.H2Connection(config)
+        self.conn.initiate_connection()
+        self.headers: dict[int, dict[str, str]] = {}  # response headers and trailers
+        self.ended: set[int] = set()  # streams answered whole or reset
+        self.flush()
+
+    def flush(self) -> None:
+        if out := self.conn.data_to_send():
+            self.sock.sendall(out)
+
+    def open(self, headers: list[tuple[str, bytes | str]], end_stream: bool = False) -> int:
+        stream = int(self.conn.get_next_available_stream_id())
+        self.conn.send_headers(stream, headers, end_stream=end_stream)
+        return stream
+
+    def send(self, stream: int, data: bytes, end_stream: bool = False) -> None:
+        self.conn.send_data(stream, data, end_stream=end_stream)
+
+    def push(self, streams: list[int], budget: int, until: float) -> int:
+        """Sends up to `budget` bytes on each stream, never ending it, as fast as
+        flow control lets, until the monotonic time `until`; the bytes sent."""
+        left = dict.fromkeys(streams, budget)
+        sent = 0
+        while time.monotonic() < until and any(left.values()):
+            moved = False
+            for stream, want in left.items():
+                if not want or stream in self.ended:
+                    continue
+                try:
+                    window = self.conn.local_flow_control_window(stream)
+                    size = min(window, self.conn.max_outbound_frame_size, want)
+                    if size > 0:
+                        self.send(stream, b" " * size)
+                        left[stream] -= size
+                        sent += size
+                        moved = True
+                except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
+                    left[stream] = 0
+            try:
+                self.flush()
+            except OSError:
+                return sent
+            if not moved and not self.read(min(0.2, max(0.0, until - time.monotonic()))):
+                return sent
+        return sent
+
+    def read(self, seconds: float) -> bool:
+        """Handles what Envoy sends for `seconds` (or until it closes: False)."""
+        self.sock.settimeout(max(seconds, 0.001))
+        try:
+            data = self.sock.recv(1 << 16)
+        except TimeoutError:
+            return True
+        except OSError:
+            return False
+        if not data:
+            return False
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.ResponseReceived | h2.events.TrailersReceived):
+                self.headers.setdefault(event.stream_id, {}).update(
+                    (bytes(k).decode(), bytes(v).decode()) for k, v in event.headers or []
+                )
+            elif isinstance(event, h2.events.DataReceived):
+                self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
+                self.ended.add(event.stream_id)
+        with_errors = True
+        try:
+            self.flush()
+        except OSError:
+            with_errors = False
+        return with_errors
+
+    def wait(self, stream: int, seconds: float = 10) -> dict[str, str]:
+        """The response headers (and trailers) of `stream`, once it has ended."""
+        deadline = time.monotonic() + seconds
+        while stream not in self.ended and time.monotonic() < deadline:
+            if not self.read(0.2):
+                break
+        return self.headers.get(stream, {})
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def grpc_request(path: str, *extra: tuple[str, bytes | str]) -> list[tuple[str, bytes | str]]:
+    return [
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", path),
+        (":authority", "contacts"),
+        ("content-type", "application/grpc"),
+        ("te", "trailers"),
+        *extra,
+    ]
+
+
+@dataclass
+class Victim:
+    """Another client, with a token of its own (so not the attacker's rate-limit
+    key), sending REST and native gRPC reads through Envoy one after another
+    until stopped; every reply that is not the expected one is kept."""
+
+    url: str
+    port: int
+    token: str
+    contact_id: str
+    failures: list[str] = field(default_factory=list)
+    calls: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _run(self) -> None:
+        auth = {"Authorization": f"Bearer {self.token}"}
+        with (
+            requests.Session() as session,
+            grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel,
+        ):
+            session.trust_env = False
+            stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+            request = pb.GetContactRequest(contact_id=self.contact_id)
+            metadata = (("authorization", f"Bearer {self.token}"),)
+            while not self._stop.is_set():
+                try:
+                    url = f"{self.url}/contacts/{self.contact_id}"
+                    r = session.get(url, headers=auth, timeout=10)
+                    if r.status_code != 200:
+                        self.failures.append(f"REST {r.status_code} {r.text[:80]}")
+                except requests.RequestException as error:
+                    self.failures.append(f"REST {type(error).__name__}")
+                try:
+                    stub.GetContact(request, metadata=metadata, timeout=10)
+                except grpc.RpcError as error:
+                    self.failures.append(f"gRPC {error.code().name} {error.details()}")  # type: ignore[attr-defined]
+                self.calls += 2
+
+    def __enter__(self) -> Victim:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def wait_for_calls(self, more: int) -> None:
+        target = self.calls + more
+        wait_for(lambda: self.calls >= target, 30, f"{more} more victim calls")
+
+
+@dataclass
+class Guarded:
+    """A server process (its log in a file) with the real Envoy in front."""
+
+    server: Server
+    envoy: Envoy
+    token: str
+    contact_id: str
+
+    def victim(self) -> Victim:
+        return Victim(self.envoy.url, self.envoy.port, self.token, self.contact_id)
+
+    def envoy_rss(self) -> int:
+        return int(psutil.Process(self.envoy.process.pid).memory_info().rss)
+
+
+@pytest.fixture(scope="module")
+def guarded(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
+    """The slow scenarios' stack: one server process (MAX_CALLS calls at once) and Envoy."""
+    workdir = tmp_path_factory.mktemp("abuse")
+    secret = secrets.token_urlsafe(48)
+    env = {
+        "CONTACTS_DATABASE_URL": database_url,
+        "CONTACTS_JWT_SECRET": secret,
+        "CONTACTS_RATE_LIMIT_CREATE": "0",
+        "CONTACTS_RATE_LIMIT_DEFAULT": "0",
+        "CONTACTS_MAX_CALLS": str(MAX_CALLS),
+    }
+    server = Server(env, workdir)
+    envoy = Envoy(server.proxy_port, workdir)
+    try:
+        envoy.wait_upstream()
+        created = requests.post(
+            f"{envoy.url}/contacts", json={"first_name": "V", "email": "v@x.io"}, timeout=10
+        )
+        assert created.status_code == 201, created.text
+        yield Guarded(server, envoy, Tokens(secret).issue("victim"), body(created)["id"])
+    finally:
+        envoy.stop()
+        server.stop()
+
+
+def log_after(path: Path, offset: int, settle: float = 1.5) -> str:
+    """What a log gained past `offset`, once its writer had time to flush."""
+    time.sleep(settle)
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+# Finding 7: client copies of x-envoy-* and x-contacts-* headers.
+
+FORGED = [
+    ("x-envoy-original-method", "FORGED"),
+    ("x-envoy-original-path", "/FORGED"),
+    ("x-envoy-internal", "true"),
+    ("x-envoy-retry-on", "5xx"),
+    ("x-contacts-client-address", "FORGED"),
+    ("x-contacts-rest-path", "/FORGED"),
+    ("x-contacts-fields", "FORGED"),
+    ("x-contacts-anything", "FORGED"),
+]
+
+
+class StubUpstream:
+    """An HTTP/2 server in the place of the contacts server: it answers Envoy's health
+    checks SERVING and every other call with `status` (a gRPC code, trailers only),
+    and keeps the headers of every call it received."""
+
+    def __init__(self, status: int = grpc.StatusCode.NOT_FOUND.value[0]) -> None:
+        self.status = status
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received: list[dict[str, str]] = []
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def calls(self) -> list[dict[str, str]]:
+        with self._lock:
+            return list(self.received)
+
+    def close(self) -> None:
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+
+    def _serve(self, connection: socket.socket) -> None:
+        config = h2.config.H2Configuration(client_side=False, validate_inbound_headers=False)
+        h2c = h2.connection.H2Connection(config)
+        h2c.initiate_connection()
+        connection.sendall(h2c.data_to_send())
+        requests_: dict[int, dict[str, str]] = {}
+        with connection:
+            while True:
+                try:
+                    data = connection.recv(1 << 16)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for event in h2c.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        requests_[event.stream_id] = {
+                            bytes(k).decode(): bytes(v).decode(errors="replace")
+                            for k, v in event.headers or []
+                        }
+                    elif isinstance(event, h2.events.DataReceived):
+                        h2c.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    elif isinstance(event, h2.events.StreamEnded):
+                        request = requests_.pop(event.stream_id)
+                        if request[":path"] == HEALTH_CHECK:
+                            reply = health_pb2.HealthCheckResponse(
+                                status=health_pb2.HealthCheckResponse.SERVING
+                            )
+                            h2c.send_headers(
+                                event.stream_id,
+                                [(":status", "200"), ("content-type", "application/grpc")],
+                            )
+                            h2c.send_data(event.stream_id, grpc_frame(reply))
+                            h2c.send_headers(
+                                event.stream_id, [("grpc-status", "0")], end_stream=True
+                            )
+                            continue
+                        with self._lock:
+                            self.received.append(request)
+                        h2c.send_headers(
+                            event.stream_id,
+                            [
+                                (":status", "200"),
+                                ("content-type", "application/grpc"),
+                                ("grpc-status", str(self.status)),
+                            ],
+                            end_stream=True,
+                        )
+                try:
+                    connection.sendall(h2c.data_to_send())
+                except OSError:
+                    return
+
+
+@pytest.fixture(scope="module")
+def stubbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StubUpstream, Envoy]]:
+    upstream = StubUpstream()
+    envoy = Envoy(upstream.port, tmp_path_factory.mktemp("envoy-stubbed"))
+    try:
+        wait_for(
+            lambda: (
+                requests.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=5).status_code == 404
+            ),
+            what="envoy to reach the stub",
+        )
+        yield upstream, envoy
+    finally:
+        envoy.stop()
+        upstream.close()
+
+
+def test_client_copies_of_internal_headers_never_reach_the_server(
+    stubbed: tuple[StubUpstream, Envoy],
+) -> None:
+    upstream, envoy = stubbed
+    before = len(upstream.calls())
+    path = f"/contacts/{uuid.uuid4()}"
+    rest = requests.get(envoy.url + path, headers=dict(FORGED), timeout=10)
+    assert rest.status_code == 404
+    with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+        stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.DeleteContact(
+                pb.DeleteContactRequest(contact_id=str(uuid.uuid4())), metadata=FORGED
+            )
+    calls = upstream.calls()[before:]
+    assert {call[":path"] for call in calls} == {
+        GET_CONTACT,
+        "/contacts.v1.ContactsService/DeleteContact",
+    }
+    for call in calls:
+        assert not [(k, v) for k, v in call.items() if "FORGED" in v], call
+        # What Envoy sets itself, it sets from the request as sent.
+        assert call["x-contacts-client-address"] == "127.0.0.1"
+        assert call.get("x-contacts-rest-path", path) == path
+        assert call.get("x-envoy-original-path", path) == path
+        assert "x-envoy-internal" not in call
+        assert "x-envoy-retry-on" not in call
+
+
+def test_client_copies_of_internal_headers_never_reach_the_access_log(guarded: Guarded) -> None:
+    envoy = guarded.envoy
+    offset = envoy.log.stat().st_size
+    rest = requests.get(
+        f"{envoy.url}/contacts/{guarded.contact_id}", headers=dict(FORGED), timeout=10
+    )
+    assert rest.status_code == 200
+    docs = requests.get(f"{envoy.url}/docs", headers=dict(FORGED), timeout=10)
+    assert docs.status_code == 200
+    with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+        stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+        _, call = stub.GetContact.with_call(
+            pb.GetContactRequest(contact_id=guarded.contact_id), metadata=FORGED
+        )
+    ids = [rest.headers["x-request-id"], docs.headers["x-request-id"]]
+    ids.append(dict(call.trailing_metadata())["x-request-id"])
+
+    def access_lines() -> list[str] | None:
+        text = log_after(envoy.log, offset, settle=0)
+        found = [next((ln for ln in text.splitlines() if f"request_id={i}" in ln), "") for i in ids]
+        return found if all(found) else None
+
+    lines: list[str] = wait_for(access_lines, timeout=10, what="the access lines")
+    assert "FORGED" not in "\n".join(lines)
+    assert f"method=GET path=/contacts/{guarded.contact_id} status=200" in lines[0]
+    assert "method=GET path=/docs status=200" in lines[1]
+    assert f"method=POST path={GET_CONTACT} status=200" in lines[2]
