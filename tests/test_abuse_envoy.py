@@ -16,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -425,3 +426,97 @@ def test_client_copies_of_internal_headers_never_reach_the_access_log(guarded: G
     assert f"method=GET path=/contacts/{guarded.contact_id} status=200" in lines[0]
     assert "method=GET path=/docs status=200" in lines[1]
     assert f"method=POST path={GET_CONTACT} status=200" in lines[2]
+
+
+# Finding 8: unfinished bodies held in Envoy's memory.
+
+HUGE = 7_000_000  # far over any valid body
+
+
+def h1_unfinished(port: int, until: float, chunked: bool = False) -> int:
+    """One HTTP/1.1 POST whose body never ends: bytes sent until `until` or refused."""
+    head = "Transfer-Encoding: chunked" if chunked else f"Content-Length: {HUGE}"
+    sent = 0
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+        s.sendall(
+            f"POST /contacts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"{head}\r\n\r\n".encode()
+        )
+        piece = b" " * 65536
+        if chunked:
+            piece = b"%x\r\n%s\r\n" % (len(piece), piece)
+        try:
+            while sent < HUGE - len(piece) and time.monotonic() < until:
+                s.sendall(piece)
+                sent += len(piece)
+            time.sleep(max(0.0, until - time.monotonic()))
+        except OSError:
+            pass
+    return sent
+
+
+def test_unfinished_bodies_cannot_fill_envoys_memory(guarded: Guarded) -> None:
+    port = guarded.envoy.port
+    before = guarded.envoy_rss()
+    with guarded.victim() as victim:
+        victim.wait_for_calls(10)
+        until = time.monotonic() + 4
+        h2s = [H2(port) for _ in range(4)]
+        try:
+            streams = []
+            for n, connection in enumerate(h2s):
+                # Half announce their length, half do not; 100 streams a connection.
+                length = [("content-length", str(HUGE))] if n % 2 else []
+                streams.append(
+                    [
+                        connection.open(
+                            [
+                                (":method", "POST"),
+                                (":scheme", "http"),
+                                (":path", "/contacts"),
+                                (":authority", "contacts"),
+                                ("content-type", "application/json"),
+                                *length,
+                            ]
+                        )
+                        for _ in range(100)
+                    ]
+                )
+                connection.flush()
+            with ThreadPoolExecutor(max_workers=34) as pool:
+                h1 = [pool.submit(h1_unfinished, port, until, n % 2 == 0) for n in range(30)]
+                pushed = [
+                    pool.submit(c.push, s, HUGE, until) for c, s in zip(h2s, streams, strict=True)
+                ]
+                sent = sum(f.result() for f in h1 + pushed)
+            during = guarded.envoy_rss()
+        finally:
+            for connection in h2s:
+                connection.close()
+        victim.wait_for_calls(10)
+    grown = (during - before) / 2**20
+    print(
+        f"\nunfinished bodies: {sent / 2**20:.0f} MiB sent; Envoy RSS {before / 2**20:.0f} -> "
+        f"{during / 2**20:.0f} MiB; victim: {victim.calls} calls, {len(victim.failures)} failed"
+    )
+    assert victim.failures == []
+    assert grown < 40, f"Envoy grew by {grown:.0f} MiB"
+
+
+def test_the_largest_valid_body_is_taken(guarded: Guarded) -> None:
+    # Every text field at its longest, each character escaped as a surrogate
+    # pair (12 bytes), pretty-printed: the most a valid body can take.
+    escaped = "\\ud835\\udc9c"
+    fields = {"first_name": 100, "last_name": 100, "designation": 100, "phone": 50}
+    members = [f'  "{name}": "{escaped * length}"' for name, length in fields.items()]
+    members.append(f'  "email": "{escaped * 240}@x.io"')
+    members += ['  "is_primary": false', '  "company_id": null', '  "update_mask": null']
+    text = "{\n" + ",\n".join(members) + "\n}\n"
+    assert len(text) > 7_000
+    r = requests.post(
+        f"{guarded.envoy.url}/contacts",
+        data=text.encode(),
+        headers={"content-type": "application/json"},
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text[:200]
