@@ -249,7 +249,14 @@ def guarded(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         server.stop()
 
 
-def log_after(path: Path, offset: int, settle: float = 1.5) -> str:
+def settled_size(path: Path) -> int:
+    """A server's log's size once the lines of calls already answered are in it
+    (it writes them within 50 ms)."""
+    time.sleep(0.5)
+    return path.stat().st_size
+
+
+def log_after(path: Path, offset: int, settle: float = 1.0) -> str:
     """What a log gained past `offset`, once its writer had time to flush."""
     time.sleep(settle)
     with path.open("rb") as f:
@@ -426,6 +433,101 @@ def test_client_copies_of_internal_headers_never_reach_the_access_log(guarded: G
     assert f"method=GET path=/contacts/{guarded.contact_id} status=200" in lines[0]
     assert "method=GET path=/docs status=200" in lines[1]
     assert f"method=POST path={GET_CONTACT} status=200" in lines[2]
+
+
+# Finding 3: header values gRPC metadata cannot carry.
+
+
+def test_a_header_value_that_is_not_printable_ascii_is_400_and_never_logged(
+    guarded: Guarded,
+) -> None:
+    log = guarded.server.log
+    offset = settled_size(log)
+    sizes = {}
+    for count in (1, 90):
+        headers = b"".join(b"X-Note-%d: caf\xff\r\n" % n for n in range(count))
+        with socket.create_connection(("127.0.0.1", guarded.envoy.port), timeout=10) as s:
+            s.sendall(
+                f"GET /contacts/{guarded.contact_id} HTTP/1.1\r\nHost: x\r\n".encode()
+                + headers
+                + b"Connection: close\r\n\r\n"
+            )
+            reply = b""
+            while chunk := s.recv(65536):
+                reply += chunk
+        head, _, content = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 400 "), reply[:300]
+        assert content.startswith(b'{"detail":"x-note-'), content
+        assert b"must be printable ASCII" in content
+        sizes[count] = len(log_after(log, offset).encode())
+        offset = settled_size(log)
+    print(f"\nserver log bytes for 1 and 90 such headers: {sizes}")
+    assert sizes == {1: 0, 90: 0}
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("authorization", "Bearer caf\xe9"),
+        ("idempotency-key", "k\x85y"),
+        ("if-match", '"\xb2"'),
+        ("x-note", "tab\there"),
+        ("x-trace-bin", "not base64!"),  # was a 500 that the server never logged
+    ],
+)
+def test_a_header_a_call_depends_on_is_refused_not_dropped(
+    guarded: Guarded, name: str, value: str
+) -> None:
+    offset = settled_size(guarded.server.log)
+    connection = H2(guarded.envoy.port)
+    try:
+        stream = connection.open(
+            [
+                (":method", "POST"),
+                (":scheme", "http"),
+                (":path", "/contacts"),
+                (":authority", "contacts"),
+                ("content-type", "application/json"),
+                (name, value.encode("latin-1")),
+            ]
+        )
+        connection.send(stream, b'{"first_name": "N", "email": "n@x.io"}', end_stream=True)
+        connection.flush()
+        reply = connection.wait(stream)
+    finally:
+        connection.close()
+    assert reply.get(":status") == "400", reply
+    assert "Traceback" not in log_after(guarded.server.log, offset)
+
+
+def test_native_grpc_with_such_a_header_is_invalid_argument(guarded: Guarded) -> None:
+    offset = settled_size(guarded.server.log)
+    connection = H2(guarded.envoy.port)
+    try:
+        stream = connection.open(grpc_request(GET_CONTACT, ("x-note", b"caf\xff")))
+        connection.send(
+            stream, grpc_frame(pb.GetContactRequest(contact_id=guarded.contact_id)), True
+        )
+        connection.flush()
+        reply = connection.wait(stream)
+    finally:
+        connection.close()
+    assert reply.get("grpc-status") == str(grpc.StatusCode.INVALID_ARGUMENT.value[0]), reply
+    assert "printable ASCII" in reply.get("grpc-message", "")
+    assert log_after(guarded.server.log, offset) == ""
+
+
+def test_printable_headers_and_utf8_bodies_still_pass(guarded: Guarded) -> None:
+    r = requests.post(
+        f"{guarded.envoy.url}/contacts",
+        json={"first_name": "Zoë ‍ی", "email": "z@x.io"},
+        headers={
+            "x-note": "a ~!\"#$%&'()*+,-./09:;<=>?@AZ[\\]^_`az{|}",
+            "x-trace-bin": "aGk",  # base64, unpadded as gRPC sends it
+        },
+        timeout=10,
+    )
+    assert r.status_code == 201, r.text
 
 
 # Finding 8: unfinished bodies held in Envoy's memory.
