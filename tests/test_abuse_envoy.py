@@ -15,7 +15,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -622,3 +622,112 @@ def test_the_largest_valid_body_is_taken(guarded: Guarded) -> None:
         timeout=10,
     )
     assert r.status_code == 201, r.text[:200]
+
+
+# Finding 1: calls held open through Envoy.
+
+
+def hold_calls(port: int, connections: int, per_connection: int) -> list[H2]:
+    """gRPC calls that never send their message, all opened at once on each
+    connection, before Envoy's limits are read."""
+    held = []
+    for _ in range(connections):
+        connection = H2(port)
+        for _ in range(per_connection):
+            connection.open(grpc_request(GET_CONTACT))
+        connection.flush()
+        held.append(connection)
+    return held
+
+
+def keep_alive(held: list[H2], seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for connection in held:
+            connection.read(0.05)
+
+
+def test_a_thousand_calls_held_on_one_connection_leave_others_served(guarded: Guarded) -> None:
+    with guarded.victim() as victim:
+        held = hold_calls(guarded.envoy.port, 1, 1000)
+        try:
+            keep_alive(held, 1)  # the calls reach the server
+            victim.wait_for_calls(40)
+        finally:
+            for connection in held:
+                connection.close()
+    print(f"\n1,000 held calls: victim {victim.calls} calls, {len(victim.failures)} failed")
+    assert victim.failures == []
+
+
+def test_a_full_server_is_503_unavailable_never_429(guarded: Guarded) -> None:
+    # More held calls, over several connections, than the server takes at
+    # once: whoever is refused meanwhile was not over any limit of theirs.
+    seen: list[str] = []
+    with guarded.victim() as victim:
+        held = hold_calls(guarded.envoy.port, 4, 100)
+        try:
+            keep_alive(held, 1)
+            victim.wait_for_calls(40)
+            r = requests.get(f"{guarded.envoy.url}/contacts/{guarded.contact_id}", timeout=10)
+            seen.append(f"{r.status_code} {r.text}")
+        finally:
+            for connection in held:
+                connection.close()
+    print(f"\nserver full: victim {victim.calls} calls, refused: {sorted(set(victim.failures))}")
+    for failure in victim.failures + [s for s in seen if not s.startswith("200")]:
+        assert failure in (
+            'REST 503 {"detail":"Service unavailable"}',
+            "gRPC UNAVAILABLE Service unavailable",
+            '503 {"detail":"Service unavailable"}',
+        ), failure
+
+
+def attempts_of(upstream: StubUpstream, send: Callable[[], Any]) -> int:
+    before = len(upstream.calls())
+    send()
+    time.sleep(0.5)
+    return len(upstream.calls()) - before
+
+
+def test_retries_cannot_multiply_a_failing_servers_load(
+    stubbed: tuple[StubUpstream, Envoy],
+) -> None:
+    upstream, envoy = stubbed
+    upstream.status = grpc.StatusCode.UNAVAILABLE.value[0]
+    try:
+        reads = 200
+
+        def burst() -> None:
+            connections = [H2(envoy.port) for _ in range(2)]
+            try:
+                streams = [
+                    (
+                        c,
+                        c.open(
+                            [
+                                (":method", "GET"),
+                                (":scheme", "http"),
+                                (":path", f"/contacts/{uuid.uuid4()}"),
+                                (":authority", "contacts"),
+                            ],
+                            end_stream=True,
+                        ),
+                    )
+                    for c in connections
+                    for _ in range(reads // 2)
+                ]
+                for c in connections:
+                    c.flush()
+                for c, stream in streams:
+                    c.wait(stream)
+            finally:
+                for c in connections:
+                    c.close()
+
+        count = attempts_of(upstream, burst)
+    finally:
+        upstream.status = grpc.StatusCode.NOT_FOUND.value[0]
+    print(f"\n{reads} concurrent reads of a failing server: {count} attempts")
+    # Without a budget each read is sent 4 times (the first try, 3 retries).
+    assert count < 2 * reads
