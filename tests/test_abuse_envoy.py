@@ -234,6 +234,8 @@ def guarded(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "CONTACTS_RATE_LIMIT_CREATE": "0",
         "CONTACTS_RATE_LIMIT_DEFAULT": "0",
         "CONTACTS_MAX_CALLS": str(MAX_CALLS),
+        # One client may take them all: what Envoy bounds is tested alone.
+        "CONTACTS_MAX_CALLS_PER_CLIENT": str(MAX_CALLS),
     }
     server = Server(env, workdir)
     envoy = Envoy(server.proxy_port, workdir)
@@ -280,11 +282,13 @@ FORGED = [
 
 class StubUpstream:
     """An HTTP/2 server in the place of the contacts server: it answers Envoy's health
-    checks SERVING and every other call with `status` (a gRPC code, trailers only),
-    and keeps the headers of every call it received."""
+    checks SERVING and every other call with `reply` (a gRPC status and any
+    metadata, trailers only), and keeps the headers of every call it received."""
 
-    def __init__(self, status: int = grpc.StatusCode.NOT_FOUND.value[0]) -> None:
-        self.status = status
+    NOT_FOUND = (("grpc-status", "5"),)
+
+    def __init__(self) -> None:
+        self.reply: tuple[tuple[str, str], ...] = self.NOT_FOUND
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.received: list[dict[str, str]] = []
@@ -350,7 +354,7 @@ class StubUpstream:
                             [
                                 (":status", "200"),
                                 ("content-type", "application/grpc"),
-                                ("grpc-status", str(self.status)),
+                                *self.reply,
                             ],
                             end_stream=True,
                         )
@@ -662,25 +666,59 @@ def test_a_thousand_calls_held_on_one_connection_leave_others_served(guarded: Gu
 
 def test_a_full_server_is_503_unavailable_never_429(guarded: Guarded) -> None:
     # More held calls, over several connections, than the server takes at
-    # once: whoever is refused meanwhile was not over any limit of theirs.
-    seen: list[str] = []
+    # once: a victim refused meanwhile was not over any limit of its own.
     with guarded.victim() as victim:
         held = hold_calls(guarded.envoy.port, 4, 100)
         try:
             keep_alive(held, 1)
             victim.wait_for_calls(40)
-            r = requests.get(f"{guarded.envoy.url}/contacts/{guarded.contact_id}", timeout=10)
-            seen.append(f"{r.status_code} {r.text}")
         finally:
             for connection in held:
                 connection.close()
     print(f"\nserver full: victim {victim.calls} calls, refused: {sorted(set(victim.failures))}")
-    for failure in victim.failures + [s for s in seen if not s.startswith("200")]:
-        assert failure in (
-            'REST 503 {"detail":"Service unavailable"}',
-            "gRPC UNAVAILABLE Service unavailable",
-            '503 {"detail":"Service unavailable"}',
-        ), failure
+    for failure in victim.failures:
+        assert failure.startswith(("REST 503 ", "gRPC UNAVAILABLE ")), failure
+
+
+@pytest.mark.parametrize(
+    "reply, rest, grpc_code",
+    [
+        # gRPC core's own refusal of a call past a server's limit: no mark.
+        (
+            (("grpc-status", "8"), ("grpc-message", "Concurrent RPC limit exceeded!")),
+            (503, {"detail": "Service unavailable"}),
+            grpc.StatusCode.UNAVAILABLE,
+        ),
+        # The server's refusal of the caller's own excess, marked as written for clients.
+        (
+            (
+                ("grpc-status", "8"),
+                ("grpc-message", "Rate limit exceeded"),
+                ("x-contacts-detail", "1"),
+            ),
+            (429, {"detail": "Rate limit exceeded"}),
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ),
+    ],
+)
+def test_resource_exhausted_is_429_only_when_the_server_says_it_is_the_callers(
+    stubbed: tuple[StubUpstream, Envoy],
+    reply: tuple[tuple[str, str], ...],
+    rest: tuple[int, dict[str, str]],
+    grpc_code: grpc.StatusCode,
+) -> None:
+    upstream, envoy = stubbed
+    upstream.reply = reply
+    try:
+        r = requests.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=10)
+        with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+            stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.GetContact(pb.GetContactRequest(contact_id=str(uuid.uuid4())), timeout=10)
+    finally:
+        upstream.reply = upstream.NOT_FOUND
+    assert (r.status_code, body(r)) == rest
+    assert refused.value.code() == grpc_code  # type: ignore[attr-defined]
 
 
 def attempts_of(upstream: StubUpstream, send: Callable[[], Any]) -> int:
@@ -694,7 +732,7 @@ def test_retries_cannot_multiply_a_failing_servers_load(
     stubbed: tuple[StubUpstream, Envoy],
 ) -> None:
     upstream, envoy = stubbed
-    upstream.status = grpc.StatusCode.UNAVAILABLE.value[0]
+    upstream.reply = (("grpc-status", "14"),)  # UNAVAILABLE
     try:
         reads = 200
 
@@ -727,7 +765,7 @@ def test_retries_cannot_multiply_a_failing_servers_load(
 
         count = attempts_of(upstream, burst)
     finally:
-        upstream.status = grpc.StatusCode.NOT_FOUND.value[0]
+        upstream.reply = upstream.NOT_FOUND
     print(f"\n{reads} concurrent reads of a failing server: {count} attempts")
     # Without a budget each read is sent 4 times (the first try, 3 retries).
     assert count < 2 * reads
