@@ -43,6 +43,14 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 # the attacks fill it with a few hundred streams.
 MAX_CALLS = 150
 
+# Loopback only: a proxy named in the environment must not catch any of this.
+LOCAL = requests.Session()
+LOCAL.trust_env = False
+
+
+def loopback_channel(port: int) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)])
+
 
 def grpc_frame(message: Any) -> bytes:
     """A gRPC length-prefixed message."""
@@ -124,12 +132,11 @@ class H2:
                 self.conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             if isinstance(event, h2.events.StreamEnded | h2.events.StreamReset):
                 self.ended.add(event.stream_id)
-        with_errors = True
         try:
             self.flush()
         except OSError:
-            with_errors = False
-        return with_errors
+            return False
+        return True
 
     def wait(self, stream: int, seconds: float = 10) -> dict[str, str]:
         """The response headers (and trailers) of `stream`, once it has ended."""
@@ -173,7 +180,7 @@ class Victim:
         auth = {"Authorization": f"Bearer {self.token}"}
         with (
             requests.Session() as session,
-            grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel,
+            loopback_channel(self.port) as channel,
         ):
             session.trust_env = False
             stub = contacts_pb2_grpc.ContactsServiceStub(channel)
@@ -241,7 +248,7 @@ def guarded(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iter
     envoy = Envoy(server.proxy_port, workdir)
     try:
         envoy.wait_upstream()
-        created = requests.post(
+        created = LOCAL.post(
             f"{envoy.url}/contacts", json={"first_name": "V", "email": "v@x.io"}, timeout=10
         )
         assert created.status_code == 201, created.text
@@ -370,9 +377,7 @@ def stubbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[StubUpst
     envoy = Envoy(upstream.port, tmp_path_factory.mktemp("envoy-stubbed"))
     try:
         wait_for(
-            lambda: (
-                requests.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=5).status_code == 404
-            ),
+            lambda: LOCAL.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=5).status_code == 404,
             what="envoy to reach the stub",
         )
         yield upstream, envoy
@@ -387,9 +392,9 @@ def test_client_copies_of_internal_headers_never_reach_the_server(
     upstream, envoy = stubbed
     before = len(upstream.calls())
     path = f"/contacts/{uuid.uuid4()}"
-    rest = requests.get(envoy.url + path, headers=dict(FORGED), timeout=10)
+    rest = LOCAL.get(envoy.url + path, headers=dict(FORGED), timeout=10)
     assert rest.status_code == 404
-    with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+    with loopback_channel(envoy.port) as channel:
         stub = contacts_pb2_grpc.ContactsServiceStub(channel)
         with pytest.raises(grpc.RpcError):
             stub.DeleteContact(
@@ -413,13 +418,11 @@ def test_client_copies_of_internal_headers_never_reach_the_server(
 def test_client_copies_of_internal_headers_never_reach_the_access_log(guarded: Guarded) -> None:
     envoy = guarded.envoy
     offset = envoy.log.stat().st_size
-    rest = requests.get(
-        f"{envoy.url}/contacts/{guarded.contact_id}", headers=dict(FORGED), timeout=10
-    )
+    rest = LOCAL.get(f"{envoy.url}/contacts/{guarded.contact_id}", headers=dict(FORGED), timeout=10)
     assert rest.status_code == 200
-    docs = requests.get(f"{envoy.url}/docs", headers=dict(FORGED), timeout=10)
+    docs = LOCAL.get(f"{envoy.url}/docs", headers=dict(FORGED), timeout=10)
     assert docs.status_code == 200
-    with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+    with loopback_channel(envoy.port) as channel:
         stub = contacts_pb2_grpc.ContactsServiceStub(channel)
         _, call = stub.GetContact.with_call(
             pb.GetContactRequest(contact_id=guarded.contact_id), metadata=FORGED
@@ -522,7 +525,7 @@ def test_native_grpc_with_such_a_header_is_invalid_argument(guarded: Guarded) ->
 
 
 def test_printable_headers_and_utf8_bodies_still_pass(guarded: Guarded) -> None:
-    r = requests.post(
+    r = LOCAL.post(
         f"{guarded.envoy.url}/contacts",
         json={"first_name": "Zoë ‍ی", "email": "z@x.io"},
         headers={
@@ -619,7 +622,7 @@ def test_the_largest_valid_body_is_taken(guarded: Guarded) -> None:
     members += ['  "is_primary": false', '  "company_id": null', '  "update_mask": null']
     text = "{\n" + ",\n".join(members) + "\n}\n"
     assert len(text) > 7_000
-    r = requests.post(
+    r = LOCAL.post(
         f"{guarded.envoy.url}/contacts",
         data=text.encode(),
         headers={"content-type": "application/json"},
@@ -710,8 +713,8 @@ def test_resource_exhausted_is_429_only_when_the_server_says_it_is_the_callers(
     upstream, envoy = stubbed
     upstream.reply = reply
     try:
-        r = requests.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=10)
-        with grpc.insecure_channel(f"127.0.0.1:{envoy.port}") as channel:
+        r = LOCAL.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=10)
+        with loopback_channel(envoy.port) as channel:
             stub = contacts_pb2_grpc.ContactsServiceStub(channel)
             with pytest.raises(grpc.RpcError) as refused:
                 stub.GetContact(pb.GetContactRequest(contact_id=str(uuid.uuid4())), timeout=10)
