@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import sys
@@ -76,11 +75,11 @@ def main(argv: list[str] | None = None) -> int:
             "--workers", type=int, default=1, help="server processes sharing the gRPC port"
         )
         # A worker started by the supervisor: its pid, where to say it serves,
-        # and Envoy's door (0: a port of its own, which it says there).
+        # and Envoy's door (a Unix socket of its own, under `run`).
         command.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
         command.add_argument("--parent", type=int, help=argparse.SUPPRESS)
         command.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
-        command.add_argument("--proxy-port", type=int, help=argparse.SUPPRESS)
+        command.add_argument("--proxy-socket", help=argparse.SUPPRESS)
     commands.add_parser("envoy", help="Envoy alone, in front of CONTACTS_UPSTREAMS")
     config = commands.add_parser("envoy-config", help="render run's Envoy config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
@@ -107,11 +106,9 @@ def main(argv: list[str] | None = None) -> int:
     logs.configure(settings.log_format, settings.log_level)
     try:
         if args.command in ("run", "serve") and args.worker:
-            if args.proxy_port is not None:
-                settings = dataclasses.replace(settings, proxy_port=args.proxy_port)
             from server.process import worker
 
-            return worker.serve(settings, args.parent, args.ready_fd)
+            return worker.serve(settings, args.parent, args.ready_fd, args.proxy_socket)
         from server.process import stack
 
         if args.command in ("run", "serve"):

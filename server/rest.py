@@ -47,4 +47,4 @@ REASONS = {
 }
 # The statuses Envoy makes itself, each with its own text (any other 5xx of
 # Envoy's says 503's: its own text would name upstream internals).
-ENVOY_STATUSES = (404, 500, 501, 502, 504)
+ENVOY_STATUSES = (404, 413, 500, 501, 502, 504)

@@ -99,7 +99,7 @@ class Settings:
     grpc_port: int = 50051
     # Envoy's door into the server: the client-address header is believed
     # only on this port, and only from trusted_proxies. Shared by `serve`'s
-    # workers; `run`'s each take a loopback port of their own instead.
+    # workers; `run`'s each open a Unix socket of their own instead.
     proxy_port: int = 50052
     http_port: int = 8080
     envoy_admin_port: int = 9901

@@ -235,21 +235,21 @@ class Stack(Server):
     def ports(self) -> list[int]:
         return [*super().ports(), self.http_port, self.admin_port]
 
-    def doors(self) -> dict[int, int]:
-        """Each worker's door for Envoy (under `run`, a loopback port of its own), by pid."""
+    def doors(self) -> dict[int, str]:
+        """Each worker's door for Envoy (under `run`, a Unix socket of its own), by pid."""
         found = {}
         for worker in self.workers():
             with suppress(psutil.Error):
-                for c in worker.net_connections("tcp"):
-                    if c.status == psutil.CONN_LISTEN and c.laddr.port != self.port:
-                        found[worker.pid] = c.laddr.port
+                for c in worker.net_connections("unix"):
+                    if c.laddr and str(c.laddr).endswith(".sock"):
+                        found[worker.pid] = str(c.laddr)
         return found
 
-    def endpoints(self) -> set[int]:
-        """The ports Envoy sends calls to now, as its admin page lists them."""
+    def endpoints(self) -> set[str]:
+        """The sockets Envoy sends calls to now, as its admin page lists them."""
         url = f"http://127.0.0.1:{self.admin_port}/clusters?format=json"
         return {
-            host["address"]["socket_address"]["port_value"]
+            host["address"]["pipe"]["path"]
             for cluster in _local.get(url, timeout=2).json()["cluster_statuses"]
             if cluster["name"] == "contacts_grpc"
             for host in cluster.get("host_statuses", [])

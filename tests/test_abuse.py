@@ -31,9 +31,10 @@ def test_a_huge_update_mask_is_refused_briefly_and_breaks_no_one_elses_write(
     rest: Rest, envoy: Any, superuser_token: str
 ) -> None:
     """A 130 KB update_mask echoed into the error once overflowed the reply's trailers:
-    Envoy dropped its connection to the server, and the PATCHes in flight on it failed."""
+    Envoy dropped its connection to the server, and the PATCHes in flight on it failed.
+    (Envoy now takes REST bodies of up to 32 KiB: the most of a mask that gets through.)"""
     victims = [made(rest, superuser_token) for _ in range(6)]
-    mask = ",".join(f"notAField{n}" for n in range(13_000))  # ~150 KB
+    mask = ",".join(f"notAField{n}" for n in range(1_500))  # ~19 KB
     failures: list[str] = []
     stop = threading.Event()
 

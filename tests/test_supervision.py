@@ -139,9 +139,9 @@ def test_sigkill_of_a_one_worker_stack_takes_envoy_along(
     wait_for(lambda: all(port_free(port) for port in stack.ports()), 30, "the ports")
 
 
-def drains(port: int) -> bool:
-    """Whether the server on this port answers a health check with NOT_SERVING."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]) as ch:
+def drains(door: str) -> bool:
+    """Whether the server at this door (a Unix socket) answers health with NOT_SERVING."""
+    with grpc.insecure_channel(f"unix:{door}", options=[("grpc.enable_http_proxy", 0)]) as ch:
         reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
     return bool(reply.status == health_pb2.HealthCheckResponse.NOT_SERVING)
 
@@ -155,7 +155,7 @@ def test_envoy_sends_only_to_workers_that_serve_and_do_not_drain(
     stack = Stack({**env, "CONTACTS_DRAIN_SECONDS": "5"}, tmp_path, workers=2)
     try:
 
-        def listed_are_the_workers() -> dict[int, int]:
+        def listed_are_the_workers() -> dict[int, str]:
             doors = stack.doors()
             return doors if len(doors) == 2 and stack.endpoints() == set(doors.values()) else {}
 

@@ -14,7 +14,6 @@ from typing import Any
 from server.settings import Upstreams
 
 CLUSTER = "contacts_grpc"  # envoy/envoy.yaml.tmpl's cluster of servers
-LOOPBACK = "127.0.0.1"  # where `run`'s workers open Envoy's door, each on a port of its own
 
 
 def lb_endpoints(upstreams: Upstreams) -> list[dict[str, Any]]:
@@ -80,14 +79,15 @@ def discovery(servers: Upstreams | Path) -> str:
     return "\n      ".join(f"{key}: {json.dumps(value)}" for key, value in form.items())
 
 
-def write(path: Path, ports: Iterable[int]) -> None:
-    """Lists the workers at these loopback ports, and only them, as the cluster's
+def write(path: Path, doors: Iterable[str]) -> None:
+    """Lists the workers at these Unix sockets, and only them, as the cluster's
     endpoints. Envoy watches the file's directory for a file moved in: the list is
     written beside the file, then moved over it, so Envoy reads it whole."""
+    pipes = [{"endpoint": {"address": {"pipe": {"path": door}}}} for door in doors]
     assignment = {
         "@type": "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment",
         "cluster_name": CLUSTER,
-        "endpoints": [{"lb_endpoints": lb_endpoints(tuple((LOOPBACK, p) for p in ports))}],
+        "endpoints": [{"lb_endpoints": pipes}],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, written = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")

@@ -249,7 +249,7 @@ def check_free(port: int, host: str = "") -> None:
 def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     """Runs `workers` server processes (none: Envoy alone) and Envoy if asked, under
     the supervisor, until SIGINT/SIGTERM; leaves no process behind."""
-    # With its own Envoy, each worker opens Envoy's door on a loopback port of
+    # With its own Envoy, each worker opens Envoy's door on a Unix socket of
     # its own, and the supervisor lists those that serve in this file.
     listed = endpoints_file(settings) if workers and envoy else None
     ports: list[tuple[int, str]] = []
@@ -271,7 +271,7 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
         log.info(
             "serving gRPC on :%d (Envoy's door %s) with %d worker process(es)",
             settings.grpc_port,
-            "on a loopback port per worker" if listed else f":{settings.proxy_port}",
+            "on a Unix socket per worker" if listed else f":{settings.proxy_port}",
             workers,
         )
     if envoy:

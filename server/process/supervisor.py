@@ -68,7 +68,7 @@ class Child:
     started: float
     ready_fd: int | None = None  # a worker's "serving" pipe, until it reports or dies
     serving: bool = False
-    proxy_port: int = 0  # Envoy's door, as the worker reported it
+    door: str = ""  # Envoy's door, as the worker reported it (`run`: its socket)
 
     def __str__(self) -> str:
         return f"{self.name} {self.process.pid}"
@@ -106,7 +106,14 @@ class Supervisor:
         self.settings = settings
         self.metrics_dir = metrics_dir  # where the workers write their metrics
         self.endpoints = endpoints
-        self.listed: list[int] | None = None  # the ports the file lists; None: not written yet
+        self.listed: list[str] | None = None  # the doors the file lists; None: not written yet
+        # `run`'s workers' doors: Unix sockets in a directory of the service's user alone.
+        self.doors = (
+            None
+            if endpoints is None
+            else endpoints.parent.with_name(endpoints.parent.name.replace("endpoints", "doors"))
+        )
+        self.started_workers = 0
         self.unlisted = False  # the last write of the file failed
         self.workers = workers
         self.envoy_command = envoy
@@ -119,6 +126,11 @@ class Supervisor:
 
     def run(self) -> int:
         signals = Signals(signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD)
+        if self.doors is not None:
+            self.doors.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.doors.chmod(0o700)  # one made before (by an older version) too
+            for left in self.doors.glob("*.sock"):  # an earlier run's
+                left.unlink(missing_ok=True)
         self._list_serving()  # none yet: a file left from an earlier run lists nobody
         try:
             while True:
@@ -161,7 +173,7 @@ class Supervisor:
             "--worker",
             f"--parent={os.getpid()}",
             f"--ready-fd={write}",
-            *(["--proxy-port=0"] if self.endpoints else []),
+            *([f"--proxy-socket={self._new_door()}"] if self.doors else []),
         ]
         # prometheus_client reads the variable when the worker first imports it.
         env = (
@@ -174,6 +186,11 @@ class Supervisor:
         finally:
             os.close(write)
         self.live.append(Child("worker", process, now, ready_fd=read))
+
+    def _new_door(self) -> Path:
+        assert self.doors is not None
+        self.started_workers += 1
+        return self.doors / f"worker-{self.started_workers}.sock"
 
     def _start_envoy(self, now: float) -> None:
         assert self.envoy_command is not None
@@ -193,7 +210,7 @@ class Supervisor:
         child.ready_fd = None
         if not said:
             return  # it died before serving: _reap tells
-        child.serving, child.proxy_port = True, int(said)
+        child.serving, child.door = True, said.decode()
         log.info("%s serving", child)
         if child in self.live:  # not one that a stop has told to drain already
             self._list_serving()
@@ -238,8 +255,11 @@ class Supervisor:
             self.envoy = None
 
     def _forget(self, child: Child) -> None:
-        """A worker that exited: its pipe closed, its live gauges out of the sums."""
+        """A worker that exited: its pipe closed, its door removed, its live gauges out of
+        the sums."""
         self._close_pipe(child)
+        if child.door.startswith("/"):
+            Path(child.door).unlink(missing_ok=True)
         if self.metrics_dir is not None:
             mark_process_dead(child.process.pid, str(self.metrics_dir))
 
@@ -259,18 +279,19 @@ class Supervisor:
 
     def _list_serving(self) -> None:
         """Envoy's endpoints (`run`): the workers serving and not draining, when that changed."""
-        ports = sorted(c.proxy_port for c in self.live if c.serving)
-        if self.endpoints is None or ports == self.listed:
+        doors = sorted(c.door for c in self.live if c.serving)
+        if self.endpoints is None or doors == self.listed:
             return
         try:
-            endpoints.write(self.endpoints, ports)
+            endpoints.write(self.endpoints, doors)
         except OSError as error:  # a full disk, say: Envoy keeps the last list
             if not self.unlisted:
                 log.error("cannot write Envoy's endpoints (%s); trying again each second", error)
             self.unlisted = True
             return
-        self.listed, self.unlisted = ports, False
-        log.info("Envoy sends to %s", ", ".join(f":{port}" for port in ports) or "no worker")
+        self.listed, self.unlisted = doors, False
+        names = [Path(door).name for door in doors]
+        log.info("Envoy sends to %s", ", ".join(names) or "no worker")
 
     @staticmethod
     def _close_pipe(child: Child) -> None:

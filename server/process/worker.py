@@ -1,10 +1,12 @@
 """One server process under the supervisor (`serve --worker`): serves on the shared
-gRPC port and on Envoy's door, tells the supervisor when it is serving (and on
-which port Envoy's door is), dies with it, and stops gracefully.
+gRPC port and on Envoy's door, tells the supervisor when it is serving (and
+where Envoy's door is), dies with it, and stops gracefully.
 
 Envoy's door is CONTACTS_PROXY_PORT, shared by every worker, for an Envoy
-elsewhere (`serve`); or, given port 0 (`run`), a loopback port of this worker's
-own, which the supervisor lists for its Envoy while the worker serves.
+elsewhere (`serve`); or (`run`) a Unix socket of this worker's own, which the
+supervisor lists for its Envoy while the worker serves. Only the service's
+user may open that socket (its directory is the user's alone), so no other
+local process can pass for Envoy there and name another client's address.
 
 Stopping (SIGTERM or SIGINT): health turns NOT_SERVING while calls are still
 served for CONTACTS_DRAIN_SECONDS, long enough for Envoy to send new calls
@@ -25,7 +27,7 @@ import signal
 import time
 
 from server.data.store import Store
-from server.process import endpoints, lifeline
+from server.process import lifeline
 from server.process.signals import Signals
 from server.rpc.app import create_app
 from server.settings import STOP_GRACE_SECONDS, Settings
@@ -33,19 +35,24 @@ from server.settings import STOP_GRACE_SECONDS, Settings
 log = logging.getLogger(__name__)
 
 
-def serve(settings: Settings, parent: int, ready_fd: int) -> int:
+def serve(settings: Settings, parent: int, ready_fd: int, proxy_socket: str | None) -> int:
     # Caught first: a SIGTERM from now on is a graceful stop, even one that
     # comes while the server is starting (it is acted on once started).
     signals = Signals(signal.SIGTERM, signal.SIGINT)
     lifeline.die_with(parent, signal.SIGTERM)
     store = Store.open(settings.database_url, max_connections=settings.threads)
-    own_door = settings.proxy_port == 0  # for the local Envoy alone: on loopback
+    if proxy_socket is not None:  # one a crashed worker of the same pid left
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(proxy_socket)
     app = create_app(
-        settings, store, reuse_port=True, proxy_host=endpoints.LOOPBACK if own_door else None
+        settings,
+        store,
+        reuse_port=True,
+        proxy_host=None if proxy_socket is None else f"unix:{proxy_socket}",
     )
     app.start()
     with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: SIGTERM is on its way
-        os.write(ready_fd, str(app.proxy_port).encode())
+        os.write(ready_fd, (proxy_socket or str(app.proxy_port)).encode())
     os.close(ready_fd)
     came: list[signal.Signals] = []
     while not came:

@@ -37,7 +37,7 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 MAX_STREAMS_PER_CONNECTION = 128
-MAX_REQUEST_BYTES = 1 << 20  # as Envoy allows a REST body; no request needs more
+MAX_REQUEST_BYTES = 1 << 20  # a gRPC message; no request of ours comes near it
 MAX_METADATA_BYTES = 16 << 10
 
 SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.values())
@@ -253,9 +253,11 @@ def build_server(
     reflection.enable_server_reflection(
         (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(f"{host}:{settings.grpc_port}")
+    # A Unix socket ("unix:/path": `run`'s door for its Envoy), or a host's port.
+    address = host if host.startswith("unix:") else f"{host}:{settings.grpc_port}"
+    port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"cannot listen on gRPC port {settings.grpc_port}")
+        raise OSError(f"cannot listen on {address}")
     return server, port
 
 
