@@ -221,8 +221,72 @@ def serve() -> None:
     store.close()
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["serve"]:
+# Alone (`python -m bench.instructions count`): each switched off in turn.
+STATES = {
+    "on": {},
+    "lines-off": {"CONTACTS_LOG_LEVEL": "warning"},
+    "metrics-off": {"CONTACTS_METRICS_PORT": "0"},
+    "off": {"CONTACTS_LOG_LEVEL": "warning", "CONTACTS_METRICS_PORT": "0"},
+}
+
+
+def count_alone(states: list[str], log_format: str) -> dict[str, float]:
+    """Instructions per GetContact (over gRPC, with a token, as the bench sends it) on a
+    SQLite database of its own, for each of `states`."""
+    import secrets
+    import tempfile
+    import uuid
+
+    from bench.calls import get_contact
+    from server.auth.tokens import Tokens
+    from server.data.store import Store
+
+    with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
+        workdir = Path(tmp)
+        url = f"sqlite:///{workdir / 'contacts.db'}"
+        store = Store(url, max_connections=1)
+        company = uuid.UUID(store.create_company("Counted", owner_id="bench").id)
+        store.seed_contacts(company, 10)
+        contact = store.list_contacts(company, 0, 10)[5].id
+        store.close()
+        secret = secrets.token_urlsafe(48)
+        headers = {"authorization": f"Bearer {Tokens(secret).issue('bench')}"}
+        env = {
+            "CONTACTS_DATABASE_URL": url,
+            "CONTACTS_JWT_SECRET": secret,
+            "CONTACTS_RATE_LIMIT_CREATE": "0",
+            "CONTACTS_RATE_LIMIT_DEFAULT": "0",
+            "CONTACTS_LOG_FORMAT": log_format,
+        }
+        call = get_contact(str(contact))
+        body = workdir / "instructions.grpc"
+        body.write_bytes(call.framed())
+        return {
+            state: _per_call(state, env | STATES[state], call, body, headers, workdir)
+            for state in states
+        }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="the server valgrind runs (started by count)")
+    counting = commands.add_parser("count", help="instructions per GetContact, alone")
+    counting.add_argument("--states", default="on,off", help=f"of {', '.join(STATES)}")
+    counting.add_argument("--log-format", default="text", choices=("text", "json"))
+    args = parser.parse_args(argv)
+    if args.command == "serve":
         serve()
-    else:
-        sys.exit("usage: python -m bench.instructions serve (run by python -m bench)")
+        return 0
+    if not available():
+        sys.exit("valgrind (callgrind) is not installed")
+    states = args.states.split(",")
+    for state, per_call in count_alone(states, args.log_format).items():
+        print(f"{state:<12} {per_call:10,.0f} instructions per GetContact", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
