@@ -12,7 +12,7 @@ rows, not a replacement for them.
 The server runs in the process valgrind starts (`python -m bench.instructions serve`):
 the app a worker runs (server.app), with the settings it would have, without the
 supervisor. Only what runs between callgrind's zero and dump is counted: the calls,
-and the flush of their lines and figures (not start-up, nor a warm-up).
+and the writing of their lines (not start-up, nor a warm-up).
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ import grpc
 from bench.calls import Call
 from bench.load import h2load_requests
 
-# Under callgrind the server runs ~50 times slower: flushed every 2.5 s, its batches of
-# lines and of metrics are as large as at full speed every 50 ms.
+# Under callgrind the server runs ~50 times slower: written every 2.5 s, its batches of
+# lines are as large as at full speed every 50 ms.
 FLUSH_UNDER_VALGRIND = 2.5
 SETTLE_SECONDS = FLUSH_UNDER_VALGRIND + 1
 START_TIMEOUT = 120.0
@@ -201,11 +201,11 @@ def _control(option: str, pid: int) -> None:
 def serve() -> None:
     """The app a worker runs, until SIGTERM; prints its gRPC port when it serves."""
     from server.data.store import Store
-    from server.observability import logs, metrics
+    from server.observability import logs
     from server.rpc.app import App
     from server.settings import Settings
 
-    logs.FLUSH_EVERY = metrics.FLUSH_SECONDS = FLUSH_UNDER_VALGRIND
+    logs.FLUSH_EVERY = FLUSH_UNDER_VALGRIND
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
     stopped = threading.Event()
@@ -244,7 +244,7 @@ def count_alone(states: list[str], log_format: str) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
         workdir = Path(tmp)
         url = f"sqlite:///{workdir / 'contacts.db'}"
-        store = Store(url, max_connections=1)
+        store = Store.open(url, max_connections=1)
         company = uuid.UUID(store.create_company("Counted", owner_id="bench").id)
         store.seed_contacts(company, 10)
         contact = store.list_contacts(company, 0, 10)[5].id
