@@ -69,13 +69,15 @@ class LineFormatter(logging.Formatter):
     after the message, a traceback on the lines that follow), or the same as one JSON
     object with the traceback as its "traceback"."""
 
-    converter = time.gmtime
     default_time_format = "%Y-%m-%dT%H:%M:%S"
     default_msec_format = "%s.%03dZ"
 
     def __init__(self, log_format: str = "text") -> None:
         super().__init__()
         self.json = log_format == "json"
+
+    def converter(self, seconds: float | None) -> time.struct_time:  # times in UTC
+        return time.gmtime(seconds)
 
     def format(self, record: logging.LogRecord) -> str:
         fields = fields_of(record)
@@ -169,14 +171,15 @@ class _Writer(QueueListener):
 
     def __init__(self, records: queue.SimpleQueue[Any], lines: _WholeLines) -> None:
         super().__init__(records, lines)
+        self.records = records
         self.lines = lines
 
     def dequeue(self, block: bool) -> Any:
         try:
-            return self.queue.get_nowait()
+            return self.records.get_nowait()
         except queue.Empty:
             self.lines.flush()
-            record = self.queue.get()
+            record = self.records.get()
             time.sleep(FLUSH_EVERY)
             return record
 
@@ -189,11 +192,11 @@ _writer: _Writer | None = None
 
 
 @atexit.register
-def _stop() -> None:
-    """Writes every line still queued, at exit."""
+def stop() -> None:
+    """Writes every line still queued and stops the thread (at exit, if not before)."""
     global _writer
-    if _writer is not None:
-        _writer, writer = None, _writer
+    writer, _writer = _writer, None
+    if writer is not None:
         writer.stop()
 
 
