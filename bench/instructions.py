@@ -17,12 +17,14 @@ and the writing of their lines (not start-up, nor a warm-up).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -230,41 +232,38 @@ STATES = {
 }
 
 
-def count_alone(states: list[str], log_format: str) -> dict[str, float]:
+def count_alone(states: list[str], log_format: str, workdir: Path) -> dict[str, float]:
     """Instructions per GetContact (over gRPC, with a token, as the bench sends it) on a
-    SQLite database of its own, for each of `states`."""
+    SQLite database of its own in `workdir`, for each of `states`."""
     import secrets
-    import tempfile
     import uuid
 
     from bench.calls import get_contact
     from server.auth.tokens import Tokens
     from server.data.store import Store
 
-    with tempfile.TemporaryDirectory(prefix="instructions-") as tmp:
-        workdir = Path(tmp)
-        url = f"sqlite:///{workdir / 'contacts.db'}"
-        store = Store.open(url, max_connections=1)
-        company = uuid.UUID(store.create_company("Counted", owner_id="bench").id)
-        store.seed_contacts(company, 10)
-        contact = store.list_contacts(company, 0, 10)[5].id
-        store.close()
-        secret = secrets.token_urlsafe(48)
-        headers = {"authorization": f"Bearer {Tokens(secret).issue('bench')}"}
-        env = {
-            "CONTACTS_DATABASE_URL": url,
-            "CONTACTS_JWT_SECRET": secret,
-            "CONTACTS_RATE_LIMIT_CREATE": "0",
-            "CONTACTS_RATE_LIMIT_DEFAULT": "0",
-            "CONTACTS_LOG_FORMAT": log_format,
-        }
-        call = get_contact(str(contact))
-        body = workdir / "instructions.grpc"
-        body.write_bytes(call.framed())
-        return {
-            state: _per_call(state, env | STATES[state], call, body, headers, workdir)
-            for state in states
-        }
+    url = f"sqlite:///{workdir / 'contacts.db'}"
+    store = Store.open(url, max_connections=1)
+    company = uuid.UUID(store.create_company("Counted", owner_id="bench").id)
+    store.seed_contacts(company, 10)
+    contact = store.list_contacts(company, 0, 10)[5].id
+    store.close()
+    secret = secrets.token_urlsafe(48)
+    headers = {"authorization": f"Bearer {Tokens(secret).issue('bench')}"}
+    env = {
+        "CONTACTS_DATABASE_URL": url,
+        "CONTACTS_JWT_SECRET": secret,
+        "CONTACTS_RATE_LIMIT_CREATE": "0",
+        "CONTACTS_RATE_LIMIT_DEFAULT": "0",
+        "CONTACTS_LOG_FORMAT": log_format,
+    }
+    call = get_contact(str(contact))
+    body = workdir / "instructions.grpc"
+    body.write_bytes(call.framed())
+    return {
+        state: _per_call(state, env | STATES[state], call, body, headers, workdir)
+        for state in states
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -276,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     counting = commands.add_parser("count", help="instructions per GetContact, alone")
     counting.add_argument("--states", default="on,off", help=f"of {', '.join(STATES)}")
     counting.add_argument("--log-format", default="text", choices=("text", "json"))
+    counting.add_argument(
+        "--keep",
+        type=Path,
+        help="a new directory to keep callgrind's files in (callgrind_annotate)",
+    )
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve()
@@ -283,8 +287,14 @@ def main(argv: list[str] | None = None) -> int:
     if not available():
         sys.exit("valgrind (callgrind) is not installed")
     states = args.states.split(",")
-    for state, per_call in count_alone(states, args.log_format).items():
-        print(f"{state:<12} {per_call:10,.0f} instructions per GetContact", flush=True)
+    with contextlib.ExitStack() as cleanup:
+        if args.keep is None:
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="counted-")))
+        else:
+            workdir = args.keep
+            workdir.mkdir(parents=True)
+        for state, per_call in count_alone(states, args.log_format, workdir).items():
+            print(f"{state:<12} {per_call:10,.0f} instructions per GetContact", flush=True)
     return 0
 
 

@@ -17,20 +17,15 @@ from typing import Any, TextIO
 
 from server.call import current as current_call
 
-
-def current_request_id() -> str | None:
-    """The request id of the call being served (None outside one): the only place the log
-    learns it, so that every line logged while serving a call names it, whoever logs it."""
-    call = current_call()
-    return None if call is None else call.request_id
-
-
 _make_record = logging.getLogRecordFactory()
 
 
 def _record_with_request_id(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    """Every record made while a call is served names its request id, whoever logs it
+    (the one place the log learns it)."""
     record = _make_record(*args, **kwargs)
-    record.request_id = current_request_id()
+    call = current_call()
+    record.request_id = None if call is None else call.request_id
     return record
 
 
@@ -48,39 +43,46 @@ PIPE_BUF = 4096  # a write to a pipe up to this size is never split by another w
 
 # Printable ASCII but space, '"', '=' and backslash: written bare, anything else quoted.
 _BARE = re.compile(r"[!#-<>-\[\]-~]+").fullmatch
+_BARE_WORDS = re.compile(r"(?: [!#-<>-\[\]-~]+=[!#-<>-\[\]-~]+)*").fullmatch  # ` key=value`s
 
 
-def fields_of(record: logging.LogRecord) -> dict[str, Any]:
-    """A record's structured fields (`extra={"fields": {...}}`), with the call's request id."""
-    fields: dict[str, Any] = record.__dict__.get("fields") or {}
-    rid = record.__dict__.get("request_id")
-    if rid is not None and "request_id" not in fields:
-        fields = {**fields, "request_id": rid}
-    return fields
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
+_NO_FILE = "(unknown file)"  # what a record names when logging looks up no caller
+# Made once: json.dumps with options makes an encoder per call.
+_json = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
 def _logfmt(value: Any) -> str:
+    """A value as logfmt writes it: bare when it is one word, else a JSON string."""
     text = value if isinstance(value, str) else str(value)
-    return text if _BARE(text) else json.dumps(text, ensure_ascii=False)
+    return text if _BARE(text) else _json(text)
 
 
 class LineFormatter(logging.Formatter):
     """`2025-01-31T12:00:00.123Z INFO server.calls call method=... code=OK ...` (logfmt
     after the message, a traceback on the lines that follow), or the same as one JSON
-    object with the traceback as its "traceback"."""
-
-    default_time_format = "%Y-%m-%dT%H:%M:%S"
-    default_msec_format = "%s.%03dZ"
+    object with the traceback as its "traceback". A record's fields are its
+    `extra={"fields": {...}}` and the request id of the call it was logged in."""
 
     def __init__(self, log_format: str = "text") -> None:
         super().__init__()
         self.json = log_format == "json"
+        self._second, self._prefix = -1, ""
 
-    def converter(self, seconds: float | None) -> time.struct_time:  # times in UTC
-        return time.gmtime(seconds)
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """UTC with milliseconds. Formatting a time costs more than the rest of a line: the
+        part up to the second is made once a second, the rest taken from a table."""
+        second = int(record.created)
+        if second != self._second:
+            self._second = second
+            self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        return self._prefix + _MILLIS[int(record.msecs)]
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = fields_of(record)
+        fields: dict[str, Any] = record.__dict__.get("fields") or {}
+        rid = record.__dict__.get("request_id")
+        if rid is not None and "request_id" not in fields:
+            fields = {**fields, "request_id": rid}
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         trace = record.exc_text
@@ -90,9 +92,11 @@ class LineFormatter(logging.Formatter):
             entry |= {"message": message, **fields}
             if trace:
                 entry["traceback"] = trace
-            return json.dumps(entry, ensure_ascii=False, default=str)
-        line = " ".join((stamp, record.levelname, record.name, message))
-        line += "".join(f" {key}={_logfmt(value)}" for key, value in fields.items())
+            return _json(entry)
+        words = "".join([f" {key}={value}" for key, value in fields.items()])
+        if not _BARE_WORDS(words):  # one check for all, the common case; else one by one
+            words = "".join([f" {key}={_logfmt(value)}" for key, value in fields.items()])
+        line = f"{stamp} {record.levelname} {record.name} {message}{words}"
         return f"{line}\n{trace}" if trace else line
 
 
@@ -115,20 +119,40 @@ class CallLines:
     ) -> None:
         """The line of a call that ended with `code` after `seconds`, at `level`, which
         the caller has checked the logger logs at."""
-        fields = {"method": self.method, "code": code, "duration_ms": round(seconds * 1000, 3)}
-        fields |= {"client": client, "request_id": request_id}
+        # Milliseconds to the microsecond (round() to 3 places costs a float's repr).
+        milliseconds = round(seconds * 1_000_000) / 1000
+        fields = {
+            "method": self.method,
+            "code": code,
+            "duration_ms": milliseconds,
+            "client": client,
+            "request_id": request_id,
+        }
         if cause is not None:
             fields["cause"] = cause
-        self.logger.log(level, "call", extra={"fields": fields})
+        logger = self.logger  # what Logger.log() does once it has checked the level
+        logger.handle(
+            logger.makeRecord(
+                logger.name, level, _NO_FILE, 0, "call", (), None, None, {"fields": fields}
+            )
+        )
 
 
 class _Enqueue(QueueHandler):
-    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
-        # The queue stays in this process, so the record itself goes (a copy per line
-        # would cost more than making it), its message merged now: its arguments may
-        # change before the thread formats it. Other handlers see the same text.
-        record.msg, record.args = record.getMessage(), None
-        return record
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Puts the record on the queue (thread-safe: no lock is taken). The queue stays
+        in this process, so the record itself goes (a copy per line would cost more than
+        making it), its message merged with its arguments now: they may change before the
+        thread formats it. Other handlers see the same text."""
+        if self.filters and not self.filter(record):
+            return False
+        try:
+            if record.args:
+                record.msg, record.args = record.getMessage(), None
+            self.queue.put_nowait(record)
+        except Exception:
+            self.handleError(record)
+        return True
 
 
 class _WholeLines(logging.StreamHandler):  # type: ignore[type-arg]
@@ -142,7 +166,7 @@ class _WholeLines(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + "\n"
+            line = self.formatter.format(record) + "\n"  # type: ignore[union-attr]
         except Exception:  # as logging does: a record that cannot be written is no crash
             self.handleError(record)
             return
@@ -173,6 +197,9 @@ class _Writer(QueueListener):
         super().__init__(records, lines)
         self.records = records
         self.lines = lines
+
+    def handle(self, record: logging.LogRecord) -> None:
+        self.lines.emit(record)  # its one handler, which has no filter and its own lock
 
     def dequeue(self, block: bool) -> Any:
         try:
