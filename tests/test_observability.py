@@ -522,6 +522,16 @@ def test_the_two_formats_of_a_line() -> None:
         "duration_ms": 0.25,
         "request_id": "rid-3",
     }
+    # A value that is not one plain word is quoted, so that it cannot pass for a field.
+    for value, written in (
+        ("ValueError: code=OK", '"ValueError: code=OK"'),
+        ("a=b", '"a=b"'),
+        ("", '""'),
+        ("é\u2028", '"é\u2028"'),
+    ):
+        record.fields = {"cause": value}  # type: ignore[attr-defined]
+        line = logs.LineFormatter("text").format(record)
+        assert line.endswith(f" call cause={written} request_id=rid-3")
 
 
 def test_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time(configured: Writes) -> None:

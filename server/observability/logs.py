@@ -44,8 +44,6 @@ PIPE_BUF = 4096  # a write to a pipe up to this size is never split by another w
 # Printable ASCII but space, '"', '=' and backslash: written bare, anything else quoted.
 _BARE = re.compile(r"[!#-<>-\[\]-~]+").fullmatch
 _BARE_WORDS = re.compile(r"(?: [!#-<>-\[\]-~]+=[!#-<>-\[\]-~]+)*").fullmatch  # ` key=value`s
-
-
 _MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 _NO_FILE = "(unknown file)"  # what a record names when logging looks up no caller
 # Made once: json.dumps with options makes an encoder per call.
@@ -93,8 +91,10 @@ class LineFormatter(logging.Formatter):
             if trace:
                 entry["traceback"] = trace
             return _json(entry)
+        # Each field as ` key=value`, checked at once, the common case: with no space or
+        # '=' but those, no value can pass for another field. Else quoted one by one.
         words = "".join([f" {key}={value}" for key, value in fields.items()])
-        if not _BARE_WORDS(words):  # one check for all, the common case; else one by one
+        if words.count(" ") != len(fields) or not _BARE_WORDS(words):
             words = "".join([f" {key}={_logfmt(value)}" for key, value in fields.items()])
         line = f"{stamp} {record.levelname} {record.name} {message}{words}"
         return f"{line}\n{trace}" if trace else line
