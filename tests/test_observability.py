@@ -24,13 +24,13 @@ import psutil
 import pytest
 import requests
 from grpc_reflection.v1alpha import reflection_pb2
-from prometheus_client import REGISTRY
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.data.offload import Offload
 from server.data.store import Store
-from server.observability import logs
+from server.observability import exposition, logs
 from server.observability.exposition import READ_SECONDS
 from server.observability.metrics import HANDLED as HANDLED_FAMILY
 from server.observability.metrics import MethodMetrics
@@ -419,6 +419,27 @@ def test_half_sent_scrapes_hold_no_thread_and_are_dropped(stack: Server) -> None
     finally:
         for sock in held:
             sock.close()
+
+
+def test_the_metrics_page_in_process_and_its_stop(tmp_path: Path) -> None:
+    """GET and HEAD /metrics, other methods refused, and stop() closes connections still
+    sending (in the supervisor it runs at exit, which must not wait on clients)."""
+    page = exposition.serve("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{page.port}/metrics"
+        got = requests.get(url, timeout=5)
+        assert got.status_code == 200 and "grpc_server_started_total" in got.text
+        assert got.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        head = requests.head(url, timeout=5)
+        assert head.status_code == 200 and head.content == b""
+        assert requests.post(url, timeout=5).status_code == 405
+        held = socket.create_connection(("127.0.0.1", page.port), timeout=5)
+        held.sendall(b"GET /met")
+        time.sleep(0.1)
+    finally:
+        page.stop()
+    assert held.recv(1) == b""
+    held.close()
 
 
 class Records(logging.Handler):

@@ -3,9 +3,9 @@ worker processes' files (MultiProcessCollector), served from one thread running 
 asyncio loop.
 
 A connection costs a coroutine, not a thread, and is dropped once it has taken
-READ_SECONDS to send its request, or holds more than MAX_HEAD_BYTES of it:
-clients that send half a request (or nothing) hold no thread and do not stay.
-A scrape is answered and the connection closed.
+READ_SECONDS to send its request (or as long to read the answer), or sends more
+than MAX_HEAD_BYTES of it: clients that send half a request (or nothing) hold no
+thread and do not stay. A scrape is answered and the connection closed.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class Exposition:
     def __init__(self, registry: CollectorRegistry, host: str, port: int) -> None:
         self.registry = registry
         self.port = 0
-        self._connections: set[asyncio.Task[None]] = set()
+        self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._loop = asyncio.new_event_loop()
         self._stopped: asyncio.Event | None = None
         ready: concurrent.futures.Future[int] = concurrent.futures.Future()
@@ -77,26 +77,28 @@ class Exposition:
         ready.set_result(server.sockets[0].getsockname()[1])
         await self._stopped.wait()
         server.close()
-        for task in self._connections:
-            task.cancel()
+        for writer in self._connections.values():
+            writer.transport.abort()  # its reads end, and its task with them
         await asyncio.gather(*self._connections, return_exceptions=True)
+        await asyncio.sleep(0)  # a turn of the loop, which closes the sockets aborted
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._connections.add(task)
+        self._connections[task] = writer
         try:
             if len(self._connections) <= MAX_CONNECTIONS:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_SECONDS)
                 writer.write(self._answer(head))
-                await asyncio.wait_for(writer.drain(), READ_SECONDS)
+                writer.close()  # once the answer is sent
+                await asyncio.wait_for(writer.wait_closed(), READ_SECONDS)
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
             pass  # too slow, cut short or too long: dropped
         except Exception:
             log.exception("cannot answer a metrics request")
         finally:
-            self._connections.discard(task)
-            writer.close()
+            writer.transport.abort()  # what a client did not read in time is dropped
+            del self._connections[task]
 
     def _answer(self, head: bytes) -> bytes:
         method, _, rest = head.partition(b"\r\n")[0].decode("latin-1").partition(" ")
