@@ -12,17 +12,19 @@ rows, not a replacement for them.
 The server runs in the process valgrind starts (`python -m bench.instructions serve`):
 the app a worker runs (server.app), with the settings it would have, without the
 supervisor. Only what runs between callgrind's zero and dump is counted: the calls,
-and the flush of their lines and figures (not start-up, nor a warm-up).
+and the writing of their lines (not start-up, nor a warm-up).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -33,8 +35,8 @@ import grpc
 from bench.calls import Call
 from bench.load import h2load_requests
 
-# Under callgrind the server runs ~50 times slower: flushed every 2.5 s, its batches of
-# lines and of metrics are as large as at full speed every 50 ms.
+# Under callgrind the server runs ~50 times slower: written every 2.5 s, its batches of
+# lines are as large as at full speed every 50 ms.
 FLUSH_UNDER_VALGRIND = 2.5
 SETTLE_SECONDS = FLUSH_UNDER_VALGRIND + 1
 START_TIMEOUT = 120.0
@@ -201,11 +203,11 @@ def _control(option: str, pid: int) -> None:
 def serve() -> None:
     """The app a worker runs, until SIGTERM; prints its gRPC port when it serves."""
     from server.data.store import Store
-    from server.observability import logs, metrics
+    from server.observability import logs
     from server.rpc.app import App
     from server.settings import Settings
 
-    logs.FLUSH_EVERY = metrics.FLUSH_SECONDS = FLUSH_UNDER_VALGRIND
+    logs.FLUSH_EVERY = FLUSH_UNDER_VALGRIND
     settings = Settings.from_env()
     logs.configure(settings.log_format, settings.log_level)
     stopped = threading.Event()
@@ -221,8 +223,80 @@ def serve() -> None:
     store.close()
 
 
-if __name__ == "__main__":
-    if sys.argv[1:] == ["serve"]:
+# Alone (`python -m bench.instructions count`): each switched off in turn.
+STATES = {
+    "on": {},
+    "lines-off": {"CONTACTS_LOG_LEVEL": "warning"},
+    "metrics-off": {"CONTACTS_METRICS_PORT": "0"},
+    "off": {"CONTACTS_LOG_LEVEL": "warning", "CONTACTS_METRICS_PORT": "0"},
+}
+
+
+def count_alone(states: list[str], log_format: str, workdir: Path) -> dict[str, float]:
+    """Instructions per GetContact (over gRPC, with a token, as the bench sends it) on a
+    SQLite database of its own in `workdir`, for each of `states`."""
+    import secrets
+    import uuid
+
+    from bench.calls import get_contact
+    from server.auth.tokens import Tokens
+    from server.data.store import Store
+
+    url = f"sqlite:///{workdir / 'contacts.db'}"
+    store = Store.open(url, max_connections=1)
+    company = uuid.UUID(store.create_company("Counted", owner_id="bench").id)
+    store.seed_contacts(company, 10)
+    contact = store.list_contacts(company, 0, 10)[5].id
+    store.close()
+    secret = secrets.token_urlsafe(48)
+    headers = {"authorization": f"Bearer {Tokens(secret).issue('bench')}"}
+    env = {
+        "CONTACTS_DATABASE_URL": url,
+        "CONTACTS_JWT_SECRET": secret,
+        "CONTACTS_RATE_LIMIT_CREATE": "0",
+        "CONTACTS_RATE_LIMIT_DEFAULT": "0",
+        "CONTACTS_LOG_FORMAT": log_format,
+    }
+    call = get_contact(str(contact))
+    body = workdir / "instructions.grpc"
+    body.write_bytes(call.framed())
+    return {
+        state: _per_call(state, env | STATES[state], call, body, headers, workdir)
+        for state in states
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench.instructions", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("serve", help="the server valgrind runs (started by count)")
+    counting = commands.add_parser("count", help="instructions per GetContact, alone")
+    counting.add_argument("--states", default="on,off", help=f"of {', '.join(STATES)}")
+    counting.add_argument("--log-format", default="text", choices=("text", "json"))
+    counting.add_argument(
+        "--keep",
+        type=Path,
+        help="a new directory to keep callgrind's files in (callgrind_annotate)",
+    )
+    args = parser.parse_args(argv)
+    if args.command == "serve":
         serve()
-    else:
-        sys.exit("usage: python -m bench.instructions serve (run by python -m bench)")
+        return 0
+    if not available():
+        sys.exit("valgrind (callgrind) is not installed")
+    states = args.states.split(",")
+    with contextlib.ExitStack() as cleanup:
+        if args.keep is None:
+            workdir = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="counted-")))
+        else:
+            workdir = args.keep
+            workdir.mkdir(parents=True)
+        for state, per_call in count_alone(states, args.log_format, workdir).items():
+            print(f"{state:<12} {per_call:10,.0f} instructions per GetContact", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

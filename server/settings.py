@@ -119,7 +119,10 @@ class Settings:
     max_calls_per_client: int = 100
     log_format: str = "text"  # or "json": one object per line (the server's and Envoy's)
     log_level: str = "info"  # "warning" drops the line per call
-    metrics_port: int = 9464  # Prometheus /metrics (all interfaces); 0: no metrics at all
+    metrics_port: int = 9464  # Prometheus /metrics; 0: no metrics at all
+    # Where /metrics listens: loopback, unless a Prometheus elsewhere must scrape it
+    # ("0.0.0.0", or "::" for every address).
+    metrics_host: str = "127.0.0.1"
     # After SIGTERM: seconds a server keeps serving while its health says
     # NOT_SERVING, so that an Envoy's health checks see it before it goes, and
     # `run`'s Envoy has read the endpoints the worker left.
@@ -156,6 +159,7 @@ class Settings:
             log_format=_choice(env, "CONTACTS_LOG_FORMAT", cls.log_format, LOG_FORMATS),
             log_level=_choice(env, "CONTACTS_LOG_LEVEL", cls.log_level, LOG_LEVELS),
             metrics_port=_int(env, "CONTACTS_METRICS_PORT", cls.metrics_port),
+            metrics_host=env.get("CONTACTS_METRICS_HOST", "").strip() or cls.metrics_host,
             drain_seconds=_int(env, "CONTACTS_DRAIN_SECONDS", int(cls.drain_seconds)),
             upstreams=_upstreams(env.get("CONTACTS_UPSTREAMS", "")),
         )

@@ -4,9 +4,10 @@ client can cause."""
 
 from __future__ import annotations
 
-import asyncio
+import io
 import json
 import logging
+import re
 import secrets
 import socket
 import struct
@@ -19,16 +20,20 @@ from typing import Any
 import grpc
 import h2.config
 import h2.connection
+import psutil
 import pytest
 import requests
 from grpc_reflection.v1alpha import reflection_pb2
-from prometheus_client import REGISTRY
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.data.offload import Offload
 from server.data.store import Store
-from server.observability.metrics import MethodMetrics, Tally
+from server.observability import exposition, logs
+from server.observability.exposition import READ_SECONDS
+from server.observability.metrics import HANDLED as HANDLED_FAMILY
+from server.observability.metrics import MethodMetrics
 from server.rpc.app import create_app
 from server.settings import Settings
 from tests.harness import Envoy, Server, wait_for
@@ -358,11 +363,12 @@ def test_an_unexpected_error_is_logged_once_with_its_traceback_and_request_id(
         app.stop(grace=1)
 
 
-def test_a_flush_that_fails_half_way_never_counts_a_call_twice(
+def test_a_figure_that_cannot_be_written_is_lost_alone_and_never_counted_twice(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The figures go to prometheus_client in batches (server/metrics.py): one that
-    fails part way loses what was left, and the next batch adds only its own."""
+    """Each call is counted as it ends (server/observability/metrics.py): one whose figure
+    cannot be written is logged and lost, never fails its call, and the next call adds
+    only its own."""
     name = f"Method{uuid.uuid4().hex[:8]}"
     path = f"/test.Flaky/{name}"
     labels = {"grpc_type": "unary", "grpc_service": "test.Flaky", "grpc_method": name}
@@ -371,24 +377,194 @@ def test_a_flush_that_fails_half_way_never_counts_a_call_twice(
         found = REGISTRY.get_sample_value("grpc_server_handled_total", labels | {"grpc_code": code})
         return found or 0.0
 
-    tally = Tally()
-    method = MethodMetrics(path, "unary", tally)
-    real = method._handled_child
+    def broken(amount: float = 1) -> None:
+        raise RuntimeError("the metrics file is gone")
 
-    def broken(code: str) -> Any:
-        if code == "NOT_FOUND":
-            raise RuntimeError("the metrics file is gone")
-        return real(code)
-
-    async def calls() -> None:  # on a loop, as in the server: flushed in batches
-        method.end("OK", 0.001)
-        method.end("NOT_FOUND", 0.001)
-        monkeypatch.setattr(method, "_handled_child", broken)
-        tally.flush()  # adds OK, then fails
-        monkeypatch.setattr(method, "_handled_child", real)
-        method.end("OK", 0.001)
-        tally.flush()
-
-    asyncio.run(calls())
-    assert "cannot flush the metrics" in caplog.text
+    method = MethodMetrics(path, "unary")
+    method.end("OK", 0.001)
+    with monkeypatch.context() as patched:
+        patched.setattr(HANDLED_FAMILY.labels(*labels.values(), "NOT_FOUND"), "inc", broken)
+        method.end("NOT_FOUND", 0.001)  # fails, and raises nothing
+    method.end("OK", 0.001)
+    assert "cannot count a call of test.Flaky/" in caplog.text
     assert handled("OK") == 2
+    assert handled("NOT_FOUND") == 0
+    assert REGISTRY.get_sample_value("grpc_server_handling_seconds_count", labels) == 2
+
+
+def test_half_sent_scrapes_hold_no_thread_and_are_dropped(stack: Server) -> None:
+    """The metrics port (in the supervisor's process) answers a scrape while 200
+    connections hold half a request each, with no thread per connection, and drops
+    them after its read timeout; it listens on loopback unless told otherwise."""
+    supervisor = psutil.Process(stack.process.pid)
+    listening = {
+        c.laddr for c in supervisor.net_connections("tcp") if c.status == psutil.CONN_LISTEN
+    }
+    assert ("127.0.0.1", stack.metrics_port) in listening
+    threads = supervisor.num_threads()
+    held = []
+    try:
+        for _ in range(200):
+            sock = socket.create_connection(("127.0.0.1", stack.metrics_port), timeout=5)
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # and never the end
+            held.append(sock)
+        assert requests.get(stack.metrics_url, timeout=5).status_code == 200
+        assert supervisor.num_threads() <= threads + 1
+        began = time.monotonic()
+        for sock in held:  # each closed by the server: end of stream
+            sock.settimeout(max(0.1, began + READ_SECONDS + 5 - time.monotonic()))
+            assert sock.recv(1) == b""
+        assert time.monotonic() - began < READ_SECONDS + 5
+        assert requests.get(stack.metrics_url, timeout=5).status_code == 200
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def test_the_metrics_page_in_process_and_its_stop(tmp_path: Path) -> None:
+    """GET and HEAD /metrics, other methods refused, and stop() closes connections still
+    sending (in the supervisor it runs at exit, which must not wait on clients)."""
+    page = exposition.serve("127.0.0.1", 0)
+    try:
+        url = f"http://127.0.0.1:{page.port}/metrics"
+        got = requests.get(url, timeout=5)
+        assert got.status_code == 200 and "grpc_server_started_total" in got.text
+        assert got.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        head = requests.head(url, timeout=5)
+        assert head.status_code == 200 and head.content == b""
+        assert requests.post(url, timeout=5).status_code == 405
+        held = socket.create_connection(("127.0.0.1", page.port), timeout=5)
+        held.sendall(b"GET /met")
+        time.sleep(0.1)
+    finally:
+        page.stop()
+    assert held.recv(1) == b""
+    held.close()
+
+
+class Records(logging.Handler):
+    """What an operator's own handler receives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+class Writes(io.StringIO):
+    """A stream that remembers each write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.writes.append(text)
+        return super().write(text)
+
+
+@pytest.fixture
+def configured() -> Iterator[Writes]:
+    """The log as a server configures it, writing to a stream here; pytest's own
+    handlers are put back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    stream = Writes()
+    logs.configure("text", "info", stream)
+    try:
+        yield stream
+    finally:
+        logs.stop()
+        for handler in root.handlers[:]:
+            root.removeHandler(handler)
+        for handler in handlers:
+            root.addHandler(handler)
+        root.setLevel(level)
+
+
+def test_call_lines_are_records_an_operators_handler_sees(configured: Writes) -> None:
+    calls = logging.getLogger("server.calls")
+    operator = Records()
+    calls.addHandler(operator)
+    try:
+        lines = logs.CallLines(calls, GET_CONTACT)
+        lines.write(logging.INFO, "NOT_FOUND", 0.0015, "ip:127.0.0.1", "rid-1")
+        lines.write(logging.WARNING, "INTERNAL", 0.002, "ip:::1", "rid-2", "RuntimeError: x y")
+        logs.stop()
+    finally:
+        calls.removeHandler(operator)
+    first, second = operator.records
+    assert first.getMessage() == "call" and first.levelno == logging.INFO
+    assert first.fields == {  # type: ignore[attr-defined]
+        "method": GET_CONTACT,
+        "code": "NOT_FOUND",
+        "duration_ms": 1.5,
+        "client": "ip:127.0.0.1",
+        "request_id": "rid-1",
+    }
+    assert second.fields["cause"] == "RuntimeError: x y"  # type: ignore[attr-defined]
+    written = configured.getvalue().splitlines()
+    assert [line[25:] for line in written] == [
+        f"INFO server.calls call method={GET_CONTACT} code=NOT_FOUND duration_ms=1.5 "
+        "client=ip:127.0.0.1 request_id=rid-1",
+        f"WARNING server.calls call method={GET_CONTACT} code=INTERNAL duration_ms=2.0 "
+        'client=ip:::1 request_id=rid-2 cause="RuntimeError: x y"',
+    ]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", written[0][:24].strip())
+
+
+def test_the_two_formats_of_a_line() -> None:
+    record = logging.makeLogRecord(
+        {
+            "name": "server.calls",
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": "call",
+            "created": 1738324800.1239,
+            "msecs": 123.9,
+            "fields": {"method": GET_CONTACT, "code": "OK", "duration_ms": 0.25},
+            "request_id": "rid-3",
+        }
+    )
+    text = logs.LineFormatter("text").format(record)
+    assert text == (
+        f"2025-01-31T12:00:00.123Z INFO server.calls call method={GET_CONTACT} code=OK "
+        "duration_ms=0.25 request_id=rid-3"
+    )
+    assert json.loads(logs.LineFormatter("json").format(record)) == {
+        "time": "2025-01-31T12:00:00.123Z",
+        "level": "INFO",
+        "logger": "server.calls",
+        "message": "call",
+        "method": GET_CONTACT,
+        "code": "OK",
+        "duration_ms": 0.25,
+        "request_id": "rid-3",
+    }
+    # A value that is not one plain word is quoted, so that it cannot pass for a field.
+    for value, written in (
+        ("ValueError: code=OK", '"ValueError: code=OK"'),
+        ("a=b", '"a=b"'),
+        ("", '""'),
+        ("é\u2028", '"é\u2028"'),
+    ):
+        record.fields = {"cause": value}  # type: ignore[attr-defined]
+        line = logs.LineFormatter("text").format(record)
+        assert line.endswith(f" call cause={written} request_id=rid-3")
+
+
+def test_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time(configured: Writes) -> None:
+    """Workers share stderr: a write of at most PIPE_BUF bytes is never split by
+    another writer's, so no line is cut by another process's."""
+    log = logging.getLogger("server.test")
+    for n in range(300):
+        log.info("line %d %s", n, "é" * (n % 50))
+    logs.stop()
+    assert len(configured.writes) > 1
+    for text in configured.writes:
+        assert text.endswith("\n") and len(text.encode()) <= logs.PIPE_BUF
+    assert [line.split(" ")[4] for line in configured.getvalue().splitlines()] == [
+        str(n) for n in range(300)
+    ]

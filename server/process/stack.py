@@ -20,7 +20,7 @@ from string import Template
 
 from server import rest
 from server.contract import Contract
-from server.observability import metrics
+from server.observability import exposition
 from server.process import endpoints
 from server.process.supervisor import Supervisor
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
@@ -287,8 +287,9 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
         shared = None  # the directory the workers' metrics files go to
         if settings.metrics_port and workers:
             shared = cleanup.enter_context(metrics_directory())
-            cleanup.callback(metrics.stop, metrics.serve(settings.metrics_port, shared))
-            log.info("serving metrics on :%d/metrics", settings.metrics_port)
+            page = exposition.serve(settings.metrics_host, settings.metrics_port, shared)
+            cleanup.callback(page.stop)
+            log.info("serving metrics on %s:%d/metrics", settings.metrics_host, page.port)
         return Supervisor(settings, workers, command, metrics_dir=shared, endpoints=listed).run()
 
 

@@ -23,7 +23,7 @@ from server.data.store import Store
 from server.errors import StoreUnavailable
 from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
 from server.limits.slots import Slots
-from server.observability import logs, metrics
+from server.observability import metrics
 from server.rpc.interceptors.admission import AdmissionInterceptor
 from server.rpc.interceptors.auth import AuthInterceptor
 from server.rpc.interceptors.errors import ErrorInterceptor
@@ -74,7 +74,6 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Event | None = None
-        self._tally: metrics.Tally | None = None  # the servers' metrics not yet flushed
 
     def start(self) -> None:
         ready: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
@@ -109,7 +108,6 @@ class App:
             )
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             health_servicer = health_aio.HealthServicer()
-            self._tally = metrics.Tally() if self.settings.metrics_port else None
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
@@ -127,7 +125,7 @@ class App:
                         # A port the kernel picks (0) is this process's alone.
                         self.reuse_port and port != 0,
                         health_servicer,
-                        self._tally,
+                        metered=bool(self.settings.metrics_port),
                     )
                 )
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -149,9 +147,6 @@ class App:
         await self._health.enter_graceful_shutdown()
         metrics.HEALTH_SERVING.set(0)
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
-        if self._tally is not None:  # the last calls' figures: no flush is due any more
-            self._tally.flush()
-        logs.flush()  # and their lines
         assert self._finished is not None
         self._finished.set()
 
@@ -176,7 +171,7 @@ class App:
                 # following the database.
                 log.exception("the database probe failed")
                 reachable, cause = False, error
-            metrics.DATABASE_CONNECTIONS_IN_USE.set(metrics.pool_in_use(self.store.db))
+            metrics.DATABASE_CONNECTIONS_IN_USE.set(self.store.connections_in_use())
             if reachable != serving:
                 serving = reachable
                 if reachable:
@@ -203,7 +198,7 @@ def build_server(
     buckets: Buckets,
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
-    tally: metrics.Tally | None = None,
+    metered: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
@@ -225,7 +220,7 @@ def build_server(
             AdmissionInterceptor(
                 settings.read_timeout, slots, limiter.client, settings.stream_idle
             ),
-            CallInterceptor(limiter.client, tally, contract),
+            CallInterceptor(limiter.client, metered, contract),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
             RestInterceptor(contract),

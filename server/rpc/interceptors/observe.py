@@ -19,7 +19,7 @@ from server import call as calls
 from server.call import REQUEST_ID
 from server.contract import Contract
 from server.observability import logs
-from server.observability.metrics import MethodMetrics, Tally
+from server.observability.metrics import MethodMetrics
 from server.rpc.interceptors.errors import SERVER_FAULTS
 
 log = logging.getLogger("server.calls")  # the call lines: operators select them by this name
@@ -33,8 +33,8 @@ class _Method:
 
     __slots__ = ("level", "lines", "metrics")
 
-    def __init__(self, path: str, kind: str, tally: Tally | None) -> None:
-        self.metrics = None if tally is None else MethodMetrics(path, kind, tally)
+    def __init__(self, path: str, kind: str, metered: bool) -> None:
+        self.metrics = MethodMetrics(path, kind) if metered else None
         self.lines = logs.CallLines(log, path)
         service = path.strip("/").partition("/")[0]
         self.level = logging.DEBUG if service in QUIET_SERVICES else logging.INFO
@@ -52,11 +52,11 @@ class CallInterceptor(AsyncServerInterceptor):
     def __init__(
         self,
         client: Callable[[grpc.aio.ServicerContext], str],
-        tally: Tally | None,
+        metered: bool,
         contract: Contract,
     ) -> None:
         self._client = client
-        self._tally = tally  # where the metrics go; None: no metrics
+        self._metered = metered  # grpc_server_* metrics counted, or none at all
         self._contract = contract
         self._methods: dict[str, _Method] = {}
 
@@ -66,7 +66,7 @@ class CallInterceptor(AsyncServerInterceptor):
         observed = self._methods.get(method_name)
         if observed is None:  # only methods that exist get here: the map stays bounded
             kind = self._contract.kind(method_name)
-            observed = self._methods[method_name] = _Method(method_name, kind, self._tally)
+            observed = self._methods[method_name] = _Method(method_name, kind, self._metered)
         call = calls.current() or calls.begin(context.invocation_metadata())
         call.expire_in(context.time_remaining())
         if observed.metrics is not None:
