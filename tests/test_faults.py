@@ -149,8 +149,14 @@ def test_outage_is_503_at_once_and_recovers_without_restart(
             lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
             what="health to say NOT_SERVING",
         )
-        # The log names the cause, once for the outage and on each failed call's line.
-        log = server_on.log.read_text()
+
+        # The log names the cause, once for the outage and on each failed call's line
+        # (written by the log's own thread, a moment after).
+        def outage_logged() -> str:
+            text = server_on.log.read_text()
+            return text if " database unreachable" in text else ""
+
+        log = wait_for(outage_logged, what="the outage's line in the log")
         assert log.count("ERROR server.rpc.app database unreachable: ") == 1
         assert "Connection refused" in log.split("database unreachable: ")[1].splitlines()[0]
         failed = [line for line in log.splitlines() if "code=UNAVAILABLE" in line]
