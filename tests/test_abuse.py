@@ -307,3 +307,23 @@ def test_a_call_its_client_cancels_is_logged_cancelled(
         locker.close()
     assert record.fields["code"] == "CANCELLED"
     assert record.levelno == logging.INFO
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_log_lines_escape_what_is_not_printable(log_format: str) -> None:
+    """A line separator, a terminal escape or a right-to-left override in anything
+    logged (a cause, a client's key) would end a line, forge another or hide text."""
+    import json
+    import logging
+
+    from server.observability.logs import LineFormatter
+
+    record = logging.makeLogRecord(
+        {"msg": "cause: a\u2028ERROR forged \x1b[31m\x85", "name": "server.x", "levelname": "INFO"}
+    )
+    record.fields = {"client": "sub:\u202eabc", "name": "Zoë"}
+    line = LineFormatter(log_format).format(record)
+    assert line.isprintable(), line
+    assert "\\u2028" in line and "\\u202e" in line and "Zoë" in line
+    if log_format == "json":
+        assert json.loads(line)["message"] == "cause: a\u2028ERROR forged \x1b[31m\x85"

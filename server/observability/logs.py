@@ -50,6 +50,23 @@ _NO_FILE = "(unknown file)"  # what a record names when logging looks up no call
 _json = json.JSONEncoder(ensure_ascii=False, default=str).encode
 
 
+def _printable(text: str) -> str:
+    """`text` with every character that is not printable written as a JSON escape: a
+    control character, a line separator (U+2028) or a bidirectional override from
+    whatever a client sent must not end a line, forge another, or hide text."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(c: str) -> str:
+    code = ord(c)
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    code -= 0x10000  # as JSON writes it: a surrogate pair
+    return f"\\u{0xD800 + (code >> 10):04x}\\u{0xDC00 + (code & 0x3FF):04x}"
+
+
 def _logfmt(value: Any) -> str:
     """A value as logfmt writes it: bare when it is one word, else a JSON string."""
     text = value if isinstance(value, str) else str(value)
@@ -90,14 +107,16 @@ class LineFormatter(logging.Formatter):
             entry |= {"message": message, **fields}
             if trace:
                 entry["traceback"] = trace
-            return _json(entry)
+            return _printable(_json(entry))
         # Each field as ` key=value`, checked at once, the common case: with no space or
         # '=' but those, no value can pass for another field. Else quoted one by one.
         words = "".join([f" {key}={value}" for key, value in fields.items()])
         if words.count(" ") != len(fields) or not _BARE_WORDS(words):
             words = "".join([f" {key}={_logfmt(value)}" for key, value in fields.items()])
-        line = f"{stamp} {record.levelname} {record.name} {message}{words}"
-        return f"{line}\n{trace}" if trace else line
+        line = _printable(f"{stamp} {record.levelname} {record.name} {message}{words}")
+        if not trace:
+            return line
+        return f"{line}\n" + "\n".join(_printable(part) for part in trace.split("\n"))
 
 
 class CallLines:
