@@ -80,14 +80,14 @@ def one_primary_per_company(db: peewee.Database) -> None:
 
 
 def contact_versions(db: peewee.Database) -> None:
-    # Raised by every change to the row: the contact's ETag (server/etags.py).
+    # Raised by every change to the row: the contact's ETag (server/rpc/etags.py).
     # (A database adopted from peewee's create_tables may have it already.)
     if "version" not in {column.name for column in db.get_columns("contacts")}:
         db.execute_sql("ALTER TABLE contacts ADD COLUMN version INTEGER NOT NULL DEFAULT 1")
 
 
 def idempotency_keys(db: peewee.Database) -> None:
-    # server/idempotency.py: one row per client and Idempotency-Key, kept a day.
+    # server/rpc/interceptors/idempotency.py: one row per client and Idempotency-Key, kept a day.
     blob = "BYTEA" if isinstance(db, peewee.PostgresqlDatabase) else "BLOB"
     db.execute_sql(
         f"""CREATE TABLE idempotency_keys (

@@ -1,4 +1,4 @@
-"""Running the service: the supervisor (server/supervisor.py) with its worker
+"""Running the service: the supervisor (server/process/supervisor.py) with its worker
 processes and, for `make run` and `python -m server envoy`, Envoy in front,
 its config rendered from envoy/envoy.yaml.tmpl."""
 
@@ -41,7 +41,7 @@ def envoy_binary() -> str:
     return found
 
 
-# Envoy's access log, in the server's two formats (server/logs.py), one line per request.
+# Envoy's access log, in the server's two formats (server/observability/logs.py), one line per request.
 _ACCESS_FIELDS = (
     # As the client sent them (the transcoder rewrites a REST request to a gRPC POST).
     ("method", "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%"),

@@ -1,6 +1,6 @@
 """The supervisor: the foreground process of `run`, `serve` and `envoy`.
 
-It starts the worker processes (server/worker.py), which share the gRPC port
+It starts the worker processes (server/process/worker.py), which share the gRPC port
 through SO_REUSEPORT, and Envoy when asked. Envoy's door is shared the same
 way (`serve`), or, when Envoy is its own child (`run`), each worker has a port
 of its own and the supervisor lists those of the workers that serve and are
