@@ -213,9 +213,9 @@ class _WholeLines(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 class _Writer(QueueListener):
-    """The thread that formats and writes. Once the queue is empty it writes what it has,
-    waits for a record, then FLUSH_EVERY more: in busy times, a wake-up and a write per
-    batch rather than per line."""
+    """The thread that formats and writes. Once the queue is empty it writes what it has
+    and waits for a record; then, unless that is a warning or worse (written at once),
+    FLUSH_EVERY more: in busy times, a wake-up and a write per batch, not per line."""
 
     def __init__(self, records: queue.SimpleQueue[Any], lines: _WholeLines) -> None:
         super().__init__(records, lines)
@@ -231,7 +231,8 @@ class _Writer(QueueListener):
         except queue.Empty:
             self.lines.flush()
             record = self.records.get()
-            time.sleep(FLUSH_EVERY)
+            if isinstance(record, logging.LogRecord) and record.levelno < logging.WARNING:
+                time.sleep(FLUSH_EVERY)
             return record
 
     def stop(self) -> None:
