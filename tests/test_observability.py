@@ -555,6 +555,21 @@ def test_the_two_formats_of_a_line() -> None:
         assert line.endswith(f" call cause={written} request_id=rid-3")
 
 
+def test_a_warning_is_written_at_once_and_call_lines_in_batches(
+    configured: Writes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(logs, "FLUSH_EVERY", 1.0)
+    log = logging.getLogger("server.test")
+    log.info("waits for a batch")
+    time.sleep(0.3)
+    assert configured.getvalue() == ""
+    logs.stop()  # writes what waits: the batch goes out whole
+    assert configured.getvalue().count("\n") == 1
+    logs.configure("text", "info", configured)
+    log.warning("the database is unreachable")
+    wait_for(lambda: "unreachable" in configured.getvalue(), timeout=1, what="the warning")
+
+
 def test_lines_are_written_whole_a_pipe_buffer_at_most_at_a_time(configured: Writes) -> None:
     """Workers share stderr: a write of at most PIPE_BUF bytes is never split by
     another writer's, so no line is cut by another process's."""
