@@ -41,7 +41,7 @@ def envoy_binary() -> str:
     return found
 
 
-# Envoy's access log, in the server's two formats (server/observability/logs.py), one line per request.
+# Envoy's access log, in the server's two formats (observability/logs.py), a line per request.
 _ACCESS_FIELDS = (
     # As the client sent them (the transcoder rewrites a REST request to a gRPC POST).
     ("method", "%REQ(X-ENVOY-ORIGINAL-METHOD?:METHOD)%"),
