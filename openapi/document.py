@@ -56,6 +56,11 @@ HEADERS: dict[str, Schema] = {
         "required": True,
         "schema": {"type": "string"},
     },
+    "Link": {
+        "description": 'The next page, as `<...>; rel="next"` (RFC 8288), its URL carrying'
+        " the page_token; absent on the last page.",
+        "schema": {"type": "string"},
+    },
     "WWW-Authenticate": {
         "description": "The scheme to authenticate with: Bearer.",
         "required": True,
@@ -68,6 +73,9 @@ FAILURE_HEADERS = {
     options_pb2.FAILURE_UNAUTHENTICATED: "WWW-Authenticate",
 }
 _VARIABLE = re.compile(r"\{([^}]*)\}")
+# AIP-158's field of a paged reply: on REST, a Link header instead of a member
+# (server/rest.py's NEXT_PAGE_FIELD).
+NEXT_PAGE_FIELD = "next_page_token"
 
 
 def document(contract: Contract) -> dict[str, Any]:
@@ -315,11 +323,14 @@ def _success(
     response = method.output_type
     description = schemas.contract.comment(response)
     if rest.reply == options_pb2.REPLY_LIST:
-        fields = response.fields
+        fields = [field for field in response.fields if field.name != NEXT_PAGE_FIELD]
         if len(fields) != 1 or not fields[0].is_repeated:
             raise ValueError(
                 f"{method.full_name}: REPLY_LIST needs a response of one repeated field"
+                f" (and {NEXT_PAGE_FIELD}, at most)"
             )
+        if NEXT_PAGE_FIELD in response.fields_by_name:
+            headers = {"Link": {"$ref": "#/components/headers/Link"}, **headers}
         schema = schemas.field(fields[0], reply=True)
         schema.pop("description", None)
     else:
