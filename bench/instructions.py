@@ -240,13 +240,14 @@ def count_alone(states: list[str], log_format: str, workdir: Path) -> dict[str, 
 
     from bench.calls import get_contact
     from server.auth.tokens import Tokens
+    from server.data.pages import ContactPage
     from server.data.store import Store
 
     url = f"sqlite:///{workdir / 'contacts.db'}"
     store = Store.open(url, max_connections=1)
     company = uuid.UUID(store.create_company("Counted", owner_id="bench").id)
     store.seed_contacts(company, 10)
-    contact = store.list_contacts(company, 0, 10)[5].id
+    contact = store.list_contacts(ContactPage(company, limit=10))[5].id
     store.close()
     secret = secrets.token_urlsafe(48)
     headers = {"authorization": f"Bearer {Tokens(secret).issue('bench')}"}

@@ -27,6 +27,13 @@ STATUS_HEADER = "x-contacts-status"  # read (and removed) by envoy/rest.lua
 # on as the REST detail, never gRPC core's own ("received metadata size...").
 DETAIL_HEADER = "x-contacts-detail"
 
+# AIP-158's fields of a paged list: a REST reply announces the next page in a
+# Link header (RFC 8288) to the same query with PAGE_TOKEN_FIELD set, and its
+# body stays the bare array (envoy/rest.lua drops NEXT_PAGE_FIELD).
+NEXT_PAGE_FIELD = "next_page_token"
+PAGE_TOKEN_FIELD = "page_token"
+LINK_HEADER = "link"
+
 # The REST `detail` of an error whose message is not for clients, and of
 # Envoy's own replies (no route, no upstream), by HTTP status.
 REASONS = {

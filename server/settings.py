@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import ipaddress
 import logging
 import os
@@ -129,11 +131,34 @@ class Settings:
     drain_seconds: float = 5.0
     # The servers `python -m server envoy` sends to; empty: this host's proxy port.
     upstreams: Upstreams = ()
+    # What ListContacts' page tokens are signed with (a key derived from it:
+    # page_token_key); empty: the JWT secret's. Every worker and host must
+    # hold the same, or a token from one is refused by another.
+    page_token_secret: str = field(default="", repr=False)
+    # NATS JetStream for change events (server/events/); empty: no events.
+    nats_url: str = ""
+    events_max_age: int = 7 * 24 * 3600  # seconds the CONTACTS stream keeps an event
+
+    @property
+    def page_token_key(self) -> bytes:
+        """The key of page tokens: derived, so that the secret it comes from (the JWT
+        secret, unless CONTACTS_PAGE_TOKEN_SECRET is set) is never used as it is for
+        a second purpose."""
+        secret = (self.page_token_secret or self.jwt_secret).encode()
+        return hmac.new(secret, b"contacts.v1 ListContacts page tokens", hashlib.sha256).digest()
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(
                 f"CONTACTS_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
+            )
+        if self.page_token_secret and len(self.page_token_secret.encode()) < MIN_SECRET_BYTES:
+            raise SettingsError(
+                f"CONTACTS_PAGE_TOKEN_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
+            )
+        if self.nats_url and urlsplit(self.nats_url).scheme not in ("nats", "tls"):
+            raise SettingsError(
+                f"CONTACTS_NATS_URL must be nats://host:port, got {self.nats_url!r}"
             )
 
     @classmethod
@@ -162,4 +187,7 @@ class Settings:
             metrics_host=env.get("CONTACTS_METRICS_HOST", "").strip() or cls.metrics_host,
             drain_seconds=_int(env, "CONTACTS_DRAIN_SECONDS", int(cls.drain_seconds)),
             upstreams=_upstreams(env.get("CONTACTS_UPSTREAMS", "")),
+            page_token_secret=env.get("CONTACTS_PAGE_TOKEN_SECRET", ""),
+            nats_url=env.get("CONTACTS_NATS_URL", "").strip(),
+            events_max_age=_int(env, "CONTACTS_EVENTS_MAX_AGE", cls.events_max_age, minimum=1),
         )

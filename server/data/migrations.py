@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import peewee
 
+from server.data.folding import fold
+
 log = logging.getLogger(__name__)
 
 # Any constant works; it only has to be the same in every process.
@@ -105,11 +107,77 @@ def idempotency_keys(db: peewee.Database) -> None:
     db.execute_sql("CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at)")
 
 
+def contact_search(db: peewee.Database) -> None:
+    # ListContacts' filters (server/data/pages.py) compare folded copies of the
+    # searched columns, which the service writes (server/data/folding.py): the
+    # same folding on both databases. Code point order ("C" on PostgreSQL, as
+    # SQLite's BINARY), so that a prefix is one range of an index.
+    postgres = isinstance(db, peewee.PostgresqlDatabase)
+    folded_type = 'TEXT COLLATE "C"' if postgres else "TEXT"
+    # (A database adopted from peewee's create_tables may have them already.)
+    present = {column.name for column in db.get_columns("contacts")}
+    for column in ("first_name_folded", "last_name_folded", "email_folded"):
+        if column not in present:
+            db.execute_sql(f"ALTER TABLE contacts ADD COLUMN {column} {folded_type}")
+    rows = db.execute_sql("SELECT id, first_name, last_name, email FROM contacts").fetchall()
+    p = db.param
+    for contact_id, first_name, last_name, email in rows:
+        db.execute_sql(
+            f"UPDATE contacts SET first_name_folded = {p}, last_name_folded = {p},"
+            f" email_folded = {p} WHERE id = {p}",
+            (
+                fold(first_name),
+                None if last_name is None else fold(last_name),
+                fold(email),
+                contact_id,
+            ),
+        )
+    # email: an exact match, its rows already in list order. q: a prefix range
+    # of each column (the matches are then put in list order). updated_since:
+    # a range of one company's rows (also then ordered).
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS contacts_company_id_email_folded"
+        " ON contacts (company_id, email_folded, created_at, id)"
+    )
+    for column in ("first_name_folded", "last_name_folded"):
+        db.execute_sql(
+            f"CREATE INDEX contacts_company_id_{column} ON contacts (company_id, {column})"
+        )
+    db.execute_sql(
+        "CREATE INDEX contacts_company_id_updated_at ON contacts (company_id, updated_at)"
+    )
+
+
+def contact_events(db: peewee.Database) -> None:
+    # The outbox of change events (server/events/): one row per change, written
+    # in the change's transaction, published in id order by the one relay.
+    postgres = isinstance(db, peewee.PostgresqlDatabase)
+    serial = "BIGSERIAL PRIMARY KEY" if postgres else "INTEGER PRIMARY KEY AUTOINCREMENT"
+    db.execute_sql(
+        f"""CREATE TABLE IF NOT EXISTS contact_events (
+            id {serial},
+            event_id {_uuid(db)} NOT NULL,
+            type SMALLINT NOT NULL,
+            contact TEXT NOT NULL,
+            occurred_at TIMESTAMP NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            sent_at TIMESTAMP,
+            skipped BOOLEAN NOT NULL DEFAULT FALSE)"""
+    )
+    # The relay's queue: what is still to publish, in order.
+    db.execute_sql(
+        "CREATE INDEX IF NOT EXISTS contact_events_unsent ON contact_events (id)"
+        " WHERE sent_at IS NULL AND NOT skipped"
+    )
+
+
 MIGRATIONS: tuple[tuple[int, str, Callable[[peewee.Database], None]], ...] = (
     (1, "initial schema", initial_schema),
     (2, "one primary contact per company", one_primary_per_company),
     (3, "contact versions", contact_versions),
     (4, "idempotency keys", idempotency_keys),
+    (5, "contact search", contact_search),
+    (6, "contact events outbox", contact_events),
 )
 LATEST = MIGRATIONS[-1][0]
 

@@ -46,9 +46,22 @@ class Contact(BaseModel):
     created_at = peewee.DateTimeField()
     updated_at = peewee.DateTimeField()
     version = peewee.IntegerField(default=1, constraints=[peewee.SQL("DEFAULT 1")])
+    # Folded copies of the searched columns (folding.py), written with the row:
+    # what the email and q filters compare and the indexes hold. Never read back.
+    first_name_folded = peewee.TextField(null=True)
+    last_name_folded = peewee.TextField(null=True)
+    email_folded = peewee.TextField(null=True)
 
     class Meta:
         table_name = "contacts"
+
+
+# Each searched column and its folded copy.
+FOLDED = {
+    "first_name": "first_name_folded",
+    "last_name": "last_name_folded",
+    "email": "email_folded",
+}
 
 
 def new_id() -> uuid.UUID:
@@ -87,4 +100,21 @@ class IdempotencyKey(BaseModel):
         primary_key = peewee.CompositeKey("client", "idempotency_key")
 
 
-MODELS = (Company, Contact, IdempotencyKey)
+class ContactEvent(BaseModel):
+    """The outbox (server/events/): a change to a contact, written in the change's own
+    transaction, until the relay has published it."""
+
+    id = peewee.BigAutoField()  # the order of publication
+    event_id = peewee.UUIDField()  # the Nats-Msg-Id: a repeat carries the same
+    type = peewee.SmallIntegerField()  # ContactEvent.Type's number
+    contact = peewee.TextField()  # the contact's row as JSON (queries.ContactRow's fields)
+    occurred_at = peewee.DateTimeField()
+    attempts = peewee.IntegerField(default=0)  # publications that failed
+    sent_at = peewee.DateTimeField(null=True)  # set once JetStream acknowledged it
+    skipped = peewee.BooleanField(default=False)  # poisoned: given up on
+
+    class Meta:
+        table_name = "contact_events"
+
+
+MODELS = (Company, Contact, IdempotencyKey, ContactEvent)

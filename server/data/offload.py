@@ -23,12 +23,14 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
 
+from server.data.pages import ContactPage
 from server.data.queries import CompanyRow, ContactRow, PostgresReads
 from server.data.store import Store
 
 # A SQLite page that walks this many rows holds the loop for about a
 # millisecond: cheaper than a hop to a thread, short enough for the others.
 INLINE_SCAN_ROWS = 1000
+MAX_SCAN_ROWS = 1 << 62  # more than any page could walk
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -63,10 +65,13 @@ class Offload:
             return await self._postgres.company(company_id)
         return self._store.find_company(company_id)
 
-    async def contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
+    async def contacts(self, page: ContactPage) -> list[ContactRow]:
+        """The page's rows, and the one after it if any (pages.py)."""
         if self._postgres is not None:
-            return await self._postgres.contacts(company_id, skip, limit)
-        return await self._scan(skip + limit, self._store.list_contacts, company_id, skip, limit)
+            return await self._postgres.contacts(page)
+        # A filter may walk more rows than the page holds: to a reader thread.
+        walked = MAX_SCAN_ROWS if page.filtered else page.skip + page.limit
+        return await self._scan(walked, self._store.list_contacts, page)
 
     async def companies(self, owner_id: str | None, skip: int, limit: int) -> list[CompanyRow]:
         if self._postgres is not None:

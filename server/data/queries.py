@@ -21,7 +21,8 @@ import asyncpg
 import peewee
 
 from server.data.database import CONNECT_SECONDS, POOL_WAIT_SECONDS, QUERY_SECONDS
-from server.data.models import Company, Contact
+from server.data.models import FOLDED, Company, Contact
+from server.data.pages import ContactPage, page_query
 from server.data.units import unreachable
 from server.errors import StoreUnavailable
 
@@ -96,22 +97,26 @@ class Statements:
                 if isinstance(field, peewee.DateTimeField)
                 else field.column_name
                 for field in model._meta.sorted_fields  # type: ignore[attr-defined]
-                if field.column_name != skip
+                if field.column_name != skip and field.name not in FOLDED.values()
             )
 
         contacts, companies = Contact._meta.table_name, Company._meta.table_name  # type: ignore[attr-defined]
         self.contact = f"SELECT {columns(Contact)} FROM {contacts} WHERE id = {p1}"
         # The page's company is the one asked for: only the id varies by row.
-        self.contacts_page = (
-            f"SELECT {columns(Contact, skip='company_id')} FROM {contacts}"
-            f" WHERE company_id = {p1} ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
-        )
+        self._page_columns = columns(Contact, skip="company_id")
+        self._contacts, self._param = contacts, param
         company = f"SELECT {columns(Company)} FROM {companies}"
         self.company = f"{company} WHERE id = {p1}"
         self.companies_page = f"{company} ORDER BY created_at, id LIMIT {p1} OFFSET {p2}"
         self.owned_companies_page = (
             f"{company} WHERE owner_id = {p1} ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
         )
+
+    def contacts_page(
+        self, page: ContactPage, key: Callable[[uuid.UUID], Any]
+    ) -> tuple[str, list[Any]]:
+        """A page's SQL (pages.py) and its parameters, `key` making each UUID one."""
+        return page_query(page, self._page_columns, self._contacts, self._param, key)
 
     @classmethod
     def for_peewee(cls, db: peewee.Database) -> Statements:
@@ -141,12 +146,13 @@ class Reads:
         text = self._sql.uuid_text
         return ContactRow(text(row[0]), text(row[1]), *row[2:])  # type: ignore[arg-type]
 
-    def contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
-        params = (key(self._company_id, company_id), limit, skip)
-        text, company = self._sql.uuid_text, str(company_id)
+    def contacts(self, page: ContactPage) -> list[ContactRow]:
+        """The page's rows, and the one after it if any (pages.py)."""
+        sql, params = self._sql.contacts_page(page, lambda value: key(self._contact_id, value))
+        text, company = self._sql.uuid_text, str(page.company_id)
         return [
             ContactRow(text(row[0]), company, *row[1:])  # type: ignore[arg-type]
-            for row in self._db.execute_sql(self._sql.contacts_page, params)
+            for row in self._db.execute_sql(sql, params)
         ]
 
     def company(self, company_id: uuid.UUID) -> CompanyRow | None:
@@ -197,9 +203,10 @@ class PostgresReads:
         row = await self._fetchrow(self._sql.contact, _uuid(contact_id))
         return None if row is None else ContactRow(*row)
 
-    async def contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
-        company = str(company_id)
-        rows = await self._fetch(self._sql.contacts_page, _uuid(company_id), limit, skip)
+    async def contacts(self, page: ContactPage) -> list[ContactRow]:
+        company = str(page.company_id)
+        sql, params = self._sql.contacts_page(page, _uuid)
+        rows = await self._fetch(sql, *params)
         return [ContactRow(row[0], company, *row[1:]) for row in rows]
 
     async def company(self, company_id: uuid.UUID) -> CompanyRow | None:

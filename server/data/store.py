@@ -17,8 +17,10 @@ from playhouse.pool import PooledPostgresqlDatabase
 
 from server import call as calls
 from server.data.database import open_database
+from server.data.folding import fold
 from server.data.migrations import migrate
-from server.data.models import MODELS, Company, Contact, epoch_seconds, new_id, now
+from server.data.models import FOLDED, MODELS, Company, Contact, epoch_seconds, new_id, now
+from server.data.pages import ContactPage
 from server.data.queries import CompanyRow, ContactRow, Reads
 from server.data.units import names_no_row, unit
 from server.errors import ContactNotFound, EtagMismatch, UnknownCompany
@@ -47,6 +49,15 @@ def _check_deadline() -> None:
     call = calls.current()
     if call is not None:
         call.check_deadline()
+
+
+def _folded(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """The folded copies (folding.py) of the searched columns among `fields`."""
+    return {
+        FOLDED[name]: None if value is None else fold(value)
+        for name, value in fields.items()
+        if name in FOLDED
+    }
 
 
 def _belongs_to(company_id: uuid.UUID | None) -> peewee.Expression:
@@ -137,8 +148,9 @@ class Store:
         return self._reads.contact(contact_id)
 
     @unit
-    def list_contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
-        return self._reads.contacts(company_id, skip, limit)
+    def list_contacts(self, page: ContactPage) -> list[ContactRow]:
+        """The page's rows, and the one after it if any (pages.py)."""
+        return self._reads.contacts(page)
 
     @unit
     def create_contact(self, fields: Mapping[str, Any]) -> ContactRow:
@@ -154,12 +166,12 @@ class Store:
                 with self.db.atomic():
                     if company and promotes:
                         self._demote_primary(company)
-                    Contact.insert(id=contact_id, **row).execute()
+                    Contact.insert(id=contact_id, **row, **_folded(row)).execute()
                     _check_deadline()
             else:
                 # One statement, committed on its own: the foreign key is the
                 # check that the company exists, with no round trip of its own.
-                Contact.insert(id=contact_id, **row).execute()
+                Contact.insert(id=contact_id, **row, **_folded(row)).execute()
         except peewee.IntegrityError as error:
             if names_no_row(error):
                 raise UnknownCompany() from error
@@ -228,7 +240,9 @@ class Store:
                 self._demote_primary(company, keep=contact_id)
             # Only the fields the caller set are written, so a concurrent
             # update of other fields is never overwritten with stale values.
-            query = Contact.update(**changes, updated_at=now(), version=Contact.version + 1)
+            query = Contact.update(
+                **changes, **_folded(changes), updated_at=now(), version=Contact.version + 1
+            )
             query = query.where(where)
             if versions is not None:
                 # Checked again by the write itself: a concurrent writer that
@@ -266,10 +280,25 @@ class Store:
     def seed_contacts(self, company_id: uuid.UUID, count: int, batch: int = 2000) -> None:
         """Bulk-inserts `count` generated contacts (for benchmarks and scale tests)."""
         stamp = now()
-        fields = [Contact.id, Contact.company, Contact.first_name, Contact.email]
+        fields = [
+            Contact.id,
+            Contact.company,
+            Contact.first_name,
+            Contact.email,
+            Contact.first_name_folded,
+            Contact.email_folded,
+        ]
         for start in range(0, count, batch):
             rows = [
-                (new_id(), company_id, f"Seed {n}", f"seed{n}@example.com")
+                # ... and the folded first name and email
+                (
+                    new_id(),
+                    company_id,
+                    f"Seed {n}",
+                    f"seed{n}@example.com",
+                    f"seed {n}",
+                    f"seed{n}@example.com",
+                )
                 for n in range(start, min(count, start + batch))
             ]
             with self.db.atomic():

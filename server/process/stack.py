@@ -123,6 +123,7 @@ def render_rest_lua() -> str:
         reply_header=rest.REPLY_HEADER,
         status_header=rest.STATUS_HEADER,
         detail_header=rest.DETAIL_HEADER,
+        next_page_field=rest.NEXT_PAGE_FIELD,
         reasons="\n".join(
             f'  ["{status}"] = {json.dumps(text)},' for status, text in rest.REASONS.items()
         ),

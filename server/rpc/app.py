@@ -31,6 +31,7 @@ from server.rpc.interceptors.idempotency import IdempotencyInterceptor
 from server.rpc.interceptors.limits import RateLimitInterceptor
 from server.rpc.interceptors.observe import CallInterceptor
 from server.rpc.interceptors.rest import RestInterceptor
+from server.rpc.paging import PageTokens
 from server.rpc.services import Companies, Contacts
 from server.settings import Settings
 
@@ -242,7 +243,9 @@ def build_server(
             ("grpc.max_metadata_size", MAX_METADATA_BYTES),
         ],
     )
-    contacts_pb2_grpc.add_ContactsServiceServicer_to_server(Contacts(store, offload), server)
+    contacts_pb2_grpc.add_ContactsServiceServicer_to_server(
+        Contacts(store, offload, PageTokens(settings.page_token_key)), server
+    )
     contacts_pb2_grpc.add_CompaniesServiceServicer_to_server(Companies(store, offload), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

@@ -24,6 +24,7 @@ from server.errors import CompanyForbidden, CompanyNotFound, Conflict, ContactNo
 from server.rest import FIELDS_HEADER
 from server.rpc import etags
 from server.rpc.interceptors.auth import authenticated
+from server.rpc.paging import PageTokens, contact_query
 from server.rpc.validation import contact_fields, page, parse_uuid, text, update_changes
 
 
@@ -81,20 +82,28 @@ def _company_key(row: ContactRow) -> uuid.UUID | None:
 
 
 class Contacts(pb_grpc.ContactsServiceServicer):
-    def __init__(self, store: Store, offload: Offload) -> None:
+    def __init__(self, store: Store, offload: Offload, page_tokens: PageTokens) -> None:
         self.store = store
         self.db = offload
+        self.page_tokens = page_tokens
 
     async def ListContacts(
         self, request: pb.ListContactsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListContactsResponse:
         company_id = parse_uuid(request.company_id, "company_id")
-        skip, limit = page(request.skip, request.limit)
+        query = contact_query(request, company_id, self.page_tokens)
         company = await self.db.company(company_id)
         require_owner(authenticated(), company)
         response = pb.ListContactsResponse()
-        for row in await self.db.contacts(company_id, skip, limit):
+        rows = await self.db.contacts(query.page)
+        limit = query.page.limit
+        for row in rows[:limit]:
             contact_message(row, into=response.contacts.add())
+        if len(rows) > limit:  # one row more than the page: there is a next page
+            last = rows[limit - 1]
+            response.next_page_token = self.page_tokens.issue(
+                query.scope, last.created_at, uuid.UUID(last.id)
+            )
         return response
 
     async def GetContact(

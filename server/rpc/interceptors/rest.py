@@ -13,15 +13,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote, urlencode
 
 import grpc
+from google.protobuf import json_format
 from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
 from server.contract import Contract
 from server.errors import PathNotFound
-from server.rest import PATH_HEADER, REPLY_HEADER
+from server.rest import (
+    LINK_HEADER,
+    NEXT_PAGE_FIELD,
+    PAGE_TOKEN_FIELD,
+    PATH_HEADER,
+    REPLY_HEADER,
+)
 from server.rpc.interceptors.admission import Unread
 from server.rpc.metadata import metadata_values
 
@@ -53,8 +60,29 @@ class RestInterceptor(AsyncServerInterceptor):
         for name, value in found.groupdict().items():
             setattr(request, name, unquote(value))
         response = await super().intercept(method, request, context, method_name)
-        if declared.reply_kind is not None:
-            call = calls.current()
-            if call is not None:
-                call.reply_with((REPLY_HEADER, declared.reply_kind))
+        call = calls.current()
+        if declared.reply_kind is not None and call is not None:
+            call.reply_with((REPLY_HEADER, declared.reply_kind))
+            next_page = getattr(response, NEXT_PAGE_FIELD, "")
+            if next_page:
+                link = next_page_link(sent[0], request, set(found.groupdict()), next_page)
+                call.reply_with((LINK_HEADER, link))
         return response
+
+
+def next_page_link(path: str, request: Any, in_path: set[str], token: str) -> str:
+    """The Link header of a list's next page: the same query, as REST spells it, with
+    the page token (RFC 8288)."""
+    query = {
+        name: value
+        for name, value in json_format.MessageToDict(
+            request, preserving_proto_field_name=True
+        ).items()
+        if name not in in_path and name != PAGE_TOKEN_FIELD and not isinstance(value, dict)
+    }
+    query[PAGE_TOKEN_FIELD] = token
+    pairs = [
+        (name, str(value).lower() if isinstance(value, bool) else value)
+        for name, value in query.items()
+    ]
+    return f'<{path}?{urlencode(pairs, doseq=True, quote_via=quote)}>; rel="next"'
