@@ -16,6 +16,7 @@ import peewee
 from playhouse.pool import PooledPostgresqlDatabase
 
 from server import call as calls
+from server.data import outbox
 from server.data.database import open_database
 from server.data.folding import fold
 from server.data.migrations import migrate
@@ -71,8 +72,11 @@ class Store:
     `offload.Offload` decides which thread that is.
     """
 
-    def __init__(self, db: peewee.Database) -> None:
+    def __init__(self, db: peewee.Database, events: bool = False) -> None:
         self.db = db
+        # Whether each change writes its event to the outbox (server/events/),
+        # in its own transaction; off, no event is written and nothing else is read.
+        self.events = events
         self.pooled = isinstance(db, PooledPostgresqlDatabase)
         # A process serves one database: the models are bound to it (a second
         # Store in the same process, as in tests, rebinds them to its own).
@@ -81,12 +85,12 @@ class Store:
         self._in_use = 0  # pooled connections checked out
 
     @classmethod
-    def open(cls, url: str, max_connections: int = 16) -> Store:
+    def open(cls, url: str, max_connections: int = 16, events: bool = False) -> Store:
         """The store of the database at `url`, its schema brought up to date first."""
         db = open_database(url, max_connections)
         with db.connection_context():
             migrate(db)
-        return cls(db)
+        return cls(db, events)
 
     def connections_in_use(self) -> int:
         """Pooled connections checked out now (0 on SQLite: no pool)."""
@@ -161,23 +165,8 @@ class Store:
         row = {"is_primary": False, **fields, "created_at": stamp, "updated_at": stamp}
         company = row.get("company")
         promotes = bool(row["is_primary"] and company)
-        try:
-            if promotes or _bounded():
-                with self.db.atomic():
-                    if company and promotes:
-                        self._demote_primary(company)
-                    Contact.insert(id=contact_id, **row, **_folded(row)).execute()
-                    _check_deadline()
-            else:
-                # One statement, committed on its own: the foreign key is the
-                # check that the company exists, with no round trip of its own.
-                Contact.insert(id=contact_id, **row, **_folded(row)).execute()
-        except peewee.IntegrityError as error:
-            if names_no_row(error):
-                raise UnknownCompany() from error
-            raise
         seconds = epoch_seconds(stamp)
-        return ContactRow(
+        made = ContactRow(
             id=str(contact_id),
             company_id=None if company is None else str(company),
             first_name=row["first_name"],
@@ -190,6 +179,24 @@ class Store:
             updated_at=seconds,
             version=1,
         )
+        try:
+            if promotes or _bounded() or self.events:
+                with self.db.atomic():
+                    if company and promotes:
+                        self._demote_primary(company)
+                    Contact.insert(id=contact_id, **row, **_folded(row)).execute()
+                    if self.events:
+                        outbox.record(outbox.CREATED, made, stamp)
+                    _check_deadline()
+            else:
+                # One statement, committed on its own: the foreign key is the
+                # check that the company exists, with no round trip of its own.
+                Contact.insert(id=contact_id, **row, **_folded(row)).execute()
+        except peewee.IntegrityError as error:
+            if names_no_row(error):
+                raise UnknownCompany() from error
+            raise
+        return made
 
     @unit
     def update_contact(
@@ -256,8 +263,11 @@ class Store:
                 if versions is not None and now_there and now_there.version not in versions:
                     raise EtagMismatch()
                 raise _Moved()
+            updated = self._get_contact(contact_id)
+            if self.events:
+                outbox.record(outbox.UPDATED, updated)
             _check_deadline()
-            return self._get_contact(contact_id)
+            return updated
 
     @unit
     def delete_contact(
@@ -272,7 +282,10 @@ class Store:
         if versions is not None:
             condition &= Contact.version.in_(list(versions))
         with self.db.atomic():
+            before = self._locked(contact_id) if self.events else None
             deleted = bool(Contact.delete().where(condition).execute())
+            if deleted and before is not None:
+                outbox.record(outbox.DELETED, before)
             _check_deadline()
             return deleted
 
@@ -323,17 +336,26 @@ class Store:
         if company_id is not None and self._reads.company(company_id) is None:
             raise UnknownCompany()
 
+    def _locked(self, contact_id: uuid.UUID) -> ContactRow | None:
+        """The contact as it is, locked until the transaction ends (PostgreSQL; SQLite's
+        writer holds the whole database already): what a delete's event says."""
+        if self.db.for_update:
+            Contact.select(Contact.id).where(Contact.id == contact_id).for_update().execute()
+        return self._reads.contact(contact_id)
+
     def _demote_primary(self, company_id: uuid.UUID, keep: uuid.UUID | None = None) -> None:
         if self.db.for_update:
             # Promotions in one company queue on its row; without it, two
             # concurrent ones would each demote the old primary and collide
             # on the one-primary index. (SQLite writers are serial already.)
             Company.select(Company.id).where(Company.id == company_id).for_update().execute()
-        query = Contact.update(
-            is_primary=False, updated_at=now(), version=Contact.version + 1
-        ).where(
-            (Contact.company == company_id) & (Contact.is_primary == True)  # noqa: E712
-        )
+        primary = (Contact.company == company_id) & (Contact.is_primary == True)  # noqa: E712
         if keep is not None:
-            query = query.where(Contact.id != keep)
-        query.execute()
+            primary &= Contact.id != keep
+        # The demoted contact changes too: its event, with the state after.
+        demoted = [c.id for c in Contact.select(Contact.id).where(primary)] if self.events else []
+        Contact.update(is_primary=False, updated_at=now(), version=Contact.version + 1).where(
+            primary
+        ).execute()
+        for contact_id in demoted:
+            outbox.record(outbox.UPDATED, self._get_contact(contact_id))

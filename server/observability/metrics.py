@@ -110,3 +110,25 @@ class MethodMetrics:
 
     def _name(self) -> str:
         return "/".join(self._labels[1:])
+
+
+# Change events (server/events/relay.py): figures of the one relay of a
+# database, 0 in every other process ("livemax": the relay's).
+OUTBOX_DEPTH = Gauge(
+    "contacts_events_outbox_depth",
+    "Change events committed and not yet published to NATS (sampled every second).",
+    multiprocess_mode="livemax",
+)
+OUTBOX_OLDEST_SECONDS = Gauge(
+    "contacts_events_outbox_oldest_seconds",
+    "Age of the oldest change event not yet published (0 with none).",
+    multiprocess_mode="livemax",
+)
+EVENTS_PUBLISHED = Counter(
+    "contacts_events_published_total",
+    "Change events JetStream acknowledged (repeats it dropped as duplicates included).",
+)
+EVENTS_POISONED = Counter(
+    "contacts_events_poisoned_total",
+    "Change events given up on after repeated failures to publish them (logged).",
+)

@@ -40,7 +40,8 @@ def serve(settings: Settings, parent: int, ready_fd: int, proxy_socket: str | No
     # comes while the server is starting (it is acted on once started).
     signals = Signals(signal.SIGTERM, signal.SIGINT)
     lifeline.die_with(parent, signal.SIGTERM)
-    store = Store.open(settings.database_url, max_connections=settings.threads)
+    events = bool(settings.nats_url)
+    store = Store.open(settings.database_url, max_connections=settings.threads, events=events)
     if proxy_socket is not None:  # one a crashed worker of the same pid left
         with contextlib.suppress(FileNotFoundError):
             os.unlink(proxy_socket)
@@ -51,6 +52,13 @@ def serve(settings: Settings, parent: int, ready_fd: int, proxy_socket: str | No
         proxy_host=None if proxy_socket is None else f"unix:{proxy_socket}",
     )
     app.start()
+    relay = None
+    if events:
+        # Only here: the relay imports NATS's client, which a server without events never loads.
+        from server.events.relay import Relay
+
+        relay = Relay.for_store(settings, store)
+        relay.start()
     with contextlib.suppress(BrokenPipeError):  # the supervisor is gone: SIGTERM is on its way
         os.write(ready_fd, (proxy_socket or str(app.proxy_port)).encode())
     os.close(ready_fd)
@@ -70,6 +78,8 @@ def serve(settings: Settings, parent: int, ready_fd: int, proxy_socket: str | No
     while (left := deadline - time.monotonic()) > 0:
         signals.wait(left)  # a second signal changes nothing: the stop is under way
     app.stop(STOP_GRACE_SECONDS)
+    if relay is not None:
+        relay.stop()
     store.close()
     log.info("worker %d: stopped", os.getpid())
     return 0
