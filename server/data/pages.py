@@ -52,6 +52,7 @@ def page_query(
     table: str,
     param: Callable[[int], str],
     key: Callable[[uuid.UUID], Any],
+    postgres: bool = False,
 ) -> tuple[str, list[Any]]:
     """The SQL of `page` (at most limit + 1 rows) and its parameters; `param(n)` writes
     the n-th parameter, `key` turns a UUID into one."""
@@ -77,9 +78,18 @@ def page_query(
     if page.after is not None:
         seconds, last_id = page.after
         where.append(f"(created_at, id) > ({p(stamp(seconds))}, {p(key(last_id))})")
+    # The table's columns by name: a bare `id` would be the selected `id::text`
+    # on PostgreSQL, which no index is in the order of (a sort of every row).
+    source = table
+    if page.updated_since is not None and page.email is None and page.q is None and not postgres:
+        # SQLite's planner walks the list-order index and filters, every row of
+        # the company when few changed (36 ms at 100,000); a sync asks for the
+        # few recent changes, so their range is read and sorted instead.
+        # (PostgreSQL chooses by its statistics.)
+        source = f"{table} INDEXED BY {table}_company_id_updated_at"
     sql = (
-        f"SELECT {columns} FROM {table} WHERE {' AND '.join(where)}"
-        f" ORDER BY created_at, id LIMIT {p(page.limit + 1)}"
+        f"SELECT {columns} FROM {source} WHERE {' AND '.join(where)}"
+        f" ORDER BY {table}.created_at, {table}.id LIMIT {p(page.limit + 1)}"
     )
     if page.skip:
         sql += f" OFFSET {p(page.skip)}"

@@ -104,19 +104,23 @@ class Statements:
         self.contact = f"SELECT {columns(Contact)} FROM {contacts} WHERE id = {p1}"
         # The page's company is the one asked for: only the id varies by row.
         self._page_columns = columns(Contact, skip="company_id")
-        self._contacts, self._param = contacts, param
+        self._contacts, self._param, self._postgres = contacts, param, postgres
         company = f"SELECT {columns(Company)} FROM {companies}"
         self.company = f"{company} WHERE id = {p1}"
-        self.companies_page = f"{company} ORDER BY created_at, id LIMIT {p1} OFFSET {p2}"
+        # By the table's columns: a bare `id` is the selected `id::text` on PostgreSQL.
+        order = f"ORDER BY {companies}.created_at, {companies}.id"
+        self.companies_page = f"{company} {order} LIMIT {p1} OFFSET {p2}"
         self.owned_companies_page = (
-            f"{company} WHERE owner_id = {p1} ORDER BY created_at, id LIMIT {p2} OFFSET {p3}"
+            f"{company} WHERE owner_id = {p1} {order} LIMIT {p2} OFFSET {p3}"
         )
 
     def contacts_page(
         self, page: ContactPage, key: Callable[[uuid.UUID], Any]
     ) -> tuple[str, list[Any]]:
         """A page's SQL (pages.py) and its parameters, `key` making each UUID one."""
-        return page_query(page, self._page_columns, self._contacts, self._param, key)
+        return page_query(
+            page, self._page_columns, self._contacts, self._param, key, self._postgres
+        )
 
     @classmethod
     def for_peewee(cls, db: peewee.Database) -> Statements:
