@@ -354,3 +354,45 @@ def test_a_poisoned_row_is_skipped_and_counted(
         lambda: metric(server, "contacts_events_poisoned_total") == counted + 1, 10, "the count"
     )
     assert f"skipped after {MAX_ATTEMPTS} attempts" in server.log.read_text()
+
+
+def test_two_servers_on_one_database_relay_once_in_order(
+    client: Client, server: harness.Server, nats_server: Nats, events_url: str, workdir: Path
+) -> None:
+    """A second server (another host, say) on the same database: one relay at a time
+    (PostgreSQL's advisory lock, SQLite's flock), so events still go out once, in order,
+    whichever server took the write."""
+    env = {
+        "CONTACTS_DATABASE_URL": events_url,
+        "CONTACTS_JWT_SECRET": SECRET,
+        "CONTACTS_NATS_URL": nats_server.url,
+        "CONTACTS_RATE_LIMIT_CREATE": "0",
+        "CONTACTS_RATE_LIMIT_DEFAULT": "0",
+    }
+    other = harness.Server(env, workdir)
+    second = Client(other.port)
+    try:
+        company = client.company()
+        made = []
+        for n in range(40):
+            made.append((client if n % 2 else second).create(company, f"both{n}").id)
+        # The relay that led goes; the other takes over within its retry time.
+        server_log = server.log.read_text()
+        leader_was_other = server_log.count("relays change events") == 0
+        (other if leader_was_other else server).stop()
+        survivor = server if leader_was_other else other
+        alive = client if survivor is server else second
+        for n in range(10):
+            made.append(alive.create(company, f"after{n}").id)
+
+        def all_out() -> list[Any] | None:
+            got = events_of(nats_server, set(made))
+            return got if len(got) >= len(made) else None
+
+        found = harness.wait_for(all_out, 20, "every event")
+        assert [e.contact.id for _, _, e in found] == made
+    finally:
+        second.channel.close()
+        other.stop()
+    leaders = [s for s in (server, other) if "relays change events" in s.log.read_text()]
+    assert leaders, "nobody relayed"
