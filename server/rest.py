@@ -32,6 +32,9 @@ DETAIL_HEADER = "x-contacts-detail"
 # body stays the bare array (envoy/rest.lua drops NEXT_PAGE_FIELD).
 NEXT_PAGE_FIELD = "next_page_token"
 PAGE_TOKEN_FIELD = "page_token"
+# The seed's offset: left out of a next-page link, whose token says where the
+# page starts (and `skip` with `page_token` is refused).
+SKIP_FIELD = "skip"
 LINK_HEADER = "link"
 
 # The REST `detail` of an error whose message is not for clients, and of

@@ -121,9 +121,12 @@ def test_the_last_page_has_no_link_and_skip_limit_is_unchanged(
     # A page that ends exactly at the last contact has no next page either.
     page, url = listed(rest, user[1], f"company_id={company['id']}&page_size=5")
     assert len(page) == 5 and url is None
-    # The seed's skip and limit, as they were.
-    page, _ = listed(rest, user[1], f"company_id={company['id']}&skip=1&limit=3")
+    # The seed's skip and limit, as they were; the next page's link starts after them.
+    page, url = listed(rest, user[1], f"company_id={company['id']}&skip=1&limit=3")
     assert [c["id"] for c in page] == [c["id"] for c in made[1:4]]
+    assert url is not None and "skip" not in url
+    page, url = listed(rest, user[1], url.removeprefix("/contacts?"))
+    assert [c["id"] for c in page] == [made[4]["id"]] and url is None
 
 
 def test_grpc_clients_get_next_page_token(

@@ -28,6 +28,7 @@ from server.rest import (
     PAGE_TOKEN_FIELD,
     PATH_HEADER,
     REPLY_HEADER,
+    SKIP_FIELD,
 )
 from server.rpc.interceptors.admission import Unread
 from server.rpc.metadata import metadata_values
@@ -78,7 +79,9 @@ def next_page_link(path: str, request: Any, in_path: set[str], token: str) -> st
         for name, value in json_format.MessageToDict(
             request, preserving_proto_field_name=True
         ).items()
-        if name not in in_path and name != PAGE_TOKEN_FIELD and not isinstance(value, dict)
+        if name not in in_path
+        and name not in (PAGE_TOKEN_FIELD, SKIP_FIELD)
+        and not isinstance(value, dict)
     }
     query[PAGE_TOKEN_FIELD] = token
     pairs = [
