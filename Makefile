@@ -80,6 +80,7 @@ bench: $(STAMP)
 	  || { apt-get update && apt-get install -y valgrind; }
 	$(PY) -m bench.limiter
 	$(PY) -m bench --postgres $(PG_DSN) $(BENCH_ARGS)
+	$(PY) -m bench.paging --postgres $(PG_DSN)
 
 token: $(STAMP)
 	@$(PY) -m server token --sub "$${SUB:-$$USER}" $${SUPERUSER:+--superuser}
