@@ -42,15 +42,18 @@ class AdvisoryLock(Leadership):
         self._connection: Any = None
 
     def try_take(self) -> bool:
-        self.release()
-        self._connection = psycopg2.connect(**postgres_parameters(self._url))
-        self._connection.autocommit = True
-        with self._connection.cursor() as cursor:
-            cursor.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
-            taken = bool(cursor.fetchone()[0])
-        if not taken:
+        # The connection is kept between tries: one idle connection per waiting
+        # worker, rather than a new one every LEADER_RETRY_SECONDS.
+        if self._connection is None or self._connection.closed:
+            self._connection = psycopg2.connect(**postgres_parameters(self._url))
+            self._connection.autocommit = True
+        try:
+            with self._connection.cursor() as cursor:
+                cursor.execute("SELECT pg_try_advisory_lock(%s)", (ADVISORY_LOCK_KEY,))
+                return bool(cursor.fetchone()[0])
+        except psycopg2.Error:
             self.release()
-        return taken
+            raise
 
     def holding(self) -> bool:
         """Whether the lock's connection still answers (the lock lives as long as it)."""
