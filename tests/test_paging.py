@@ -339,3 +339,31 @@ def test_grpc_bad_input_is_invalid_argument(
     with pytest.raises(grpc.RpcError) as caught:
         contacts_stub.ListContacts(request, metadata=bearer(user[1]))
     assert caught.value.details().startswith("updated_since:")
+
+
+class _Clock:
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+
+def test_a_token_lasts_an_hour_and_more_but_not_for_ever(
+    rest: Rest, company: dict[str, Any], user: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens issued (by the in-process server's clock) an hour ago, and a day and more ago."""
+    from server.rpc import paging
+
+    for n in range(2):
+        make(rest, company["id"], first_name=f"H{n}", email=f"h{n}@example.com")
+    base = f"company_id={company['id']}&page_size=1"
+    issued = {}
+    for name, offset in (("an hour ago", -3660), ("over a day ago", -paging.TOKEN_SECONDS - 60)):
+        with monkeypatch.context() as patched:
+            patched.setattr(paging, "time", _Clock(offset))
+            issued[name] = _token(rest, user, base)
+    r = rest.get(f"/contacts?{base}&page_token={issued['an hour ago']}", token=user[1])
+    assert r.status_code == 200 and len(body(r)) == 1, r.text
+    r = rest.get(f"/contacts?{base}&page_token={issued['over a day ago']}", token=user[1])
+    assert r.status_code == 400 and body(r)["detail"].startswith("page_token: has expired"), r.text
