@@ -68,6 +68,24 @@ def _upstreams(raw: str) -> Upstreams:
     return tuple(found)
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """CONTACTS_CORS_ORIGINS: `*`, or browser origins (`scheme://host[:port]`), comma-separated."""
+    found = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for origin in found:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or origin != (f"{parts.scheme}://{parts.netloc}")
+        ):
+            raise SettingsError(
+                f"CONTACTS_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+            )
+    return found
+
+
 def local_secret(data_dir: Path = DATA_DIR) -> str:
     """The local-run JWT secret: made once, kept 0600 in the data folder."""
     path = data_dir / "jwt-secret"
@@ -129,6 +147,9 @@ class Settings:
     drain_seconds: float = 5.0
     # The servers `python -m server envoy` sends to; empty: this host's proxy port.
     upstreams: Upstreams = ()
+    # Browser origins whose pages may call the service (CORS, answered by Envoy);
+    # empty: no CORS headers at all, so browsers keep other origins' pages out.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -162,4 +183,5 @@ class Settings:
             metrics_host=env.get("CONTACTS_METRICS_HOST", "").strip() or cls.metrics_host,
             drain_seconds=_int(env, "CONTACTS_DRAIN_SECONDS", int(cls.drain_seconds)),
             upstreams=_upstreams(env.get("CONTACTS_UPSTREAMS", "")),
+            cors_origins=_origins(env.get("CONTACTS_CORS_ORIGINS", "")),
         )

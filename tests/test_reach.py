@@ -1,0 +1,442 @@
+"""Every client can reach it: browsers (CORS, gRPC-Web, Connect), compression,
+Location, reflection v1, and no internal header in what any client receives.
+
+Each test talks to the real Envoy (one with CONTACTS_CORS_ORIGINS set, beside
+the suite's own without) in front of the suite's server, as the clients do:
+raw HTTP for the browser protocols, grpcio and `buf curl` for gRPC.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import re
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import requests
+from grpc_reflection.v1alpha import reflection_pb2
+
+from contacts.v1 import contacts_pb2 as pb
+from contacts.v1 import contacts_pb2_grpc
+from server.rpc.app import App
+from server.settings import PROJECT_ROOT
+from tests.conftest import Rest
+from tests.harness import Envoy
+
+ORIGIN = "http://app.example.test"
+OTHER_ORIGIN = "http://evil.example.test"
+BUF = PROJECT_ROOT / "node_modules" / ".bin" / "buf"
+
+# CONTRACT.md, "Every client can reach it".
+ALLOWED_HEADERS = {
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "if-match",
+    "x-request-id",
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+}
+EXPOSED_HEADERS = {
+    "etag",
+    "location",
+    "x-request-id",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+}
+
+LOCAL = requests.Session()
+LOCAL.trust_env = False
+
+
+@pytest.fixture(scope="module")
+def browsers_envoy(app: App, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Envoy]:
+    """An Envoy whose CONTACTS_CORS_ORIGINS lists ORIGIN."""
+    proxy = Envoy(app.proxy_port, tmp_path_factory.mktemp("cors"), cors_origins=(ORIGIN,))
+    proxy.wait_upstream()
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture(scope="module")
+def web(browsers_envoy: Envoy) -> Rest:
+    return Rest(browsers_envoy.url)
+
+
+def listed(value: str | None) -> set[str]:
+    return {part.strip().lower() for part in (value or "").split(",") if part.strip()}
+
+
+def upstream_calls(envoy: Envoy) -> int:
+    stats = LOCAL.get(f"{envoy.admin}/stats?filter=contacts_grpc.upstream_rq_total$", timeout=5)
+    return int(stats.text.split(":")[1])
+
+
+def new_contact(rest: Rest, **fields: str) -> dict[str, Any]:
+    sent = {"first_name": "Ann", "email": f"{uuid.uuid4().hex[:8]}@example.com", **fields}
+    r = rest.post("/contacts", json=sent)
+    assert r.status_code == 201, r.text
+    return dict(r.json())
+
+
+# --- CORS ---------------------------------------------------------------------------
+
+
+def test_a_listed_origins_preflight_is_answered_by_envoy(web: Rest, browsers_envoy: Envoy) -> None:
+    before = upstream_calls(browsers_envoy)
+    # GET /contacts needs a token: a preflight never carries one.
+    for path, method in (("/contacts", "GET"), (f"/contacts/{uuid.uuid4()}", "PATCH")):
+        r = web.request(
+            "OPTIONS",
+            path,
+            headers={
+                "Origin": ORIGIN,
+                "Access-Control-Request-Method": method,
+                "Access-Control-Request-Headers": "authorization,if-match,content-type",
+            },
+        )
+        assert r.status_code in (200, 204), r.text
+        assert r.headers["access-control-allow-origin"] == ORIGIN
+        assert listed(r.headers["access-control-allow-methods"]) == {
+            "get",
+            "post",
+            "patch",
+            "delete",
+        }
+        assert listed(r.headers["access-control-allow-headers"]) >= ALLOWED_HEADERS
+    # Neither reached a server: no token asked for, nothing counted.
+    assert upstream_calls(browsers_envoy) == before
+
+
+def test_every_reply_to_a_listed_origin_may_be_read(web: Rest) -> None:
+    contact = new_contact(web)
+    r = web.get(f"/contacts/{contact['id']}", headers={"Origin": ORIGIN})
+    assert r.status_code == 200
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert listed(r.headers["access-control-expose-headers"]) >= EXPOSED_HEADERS
+    r = web.get(f"/contacts/{uuid.uuid4()}", headers={"Origin": ORIGIN})  # errors too
+    assert (r.status_code, r.headers["access-control-allow-origin"]) == (404, ORIGIN)
+
+
+def test_another_origin_gets_no_cors_headers(web: Rest) -> None:
+    r = web.request(
+        "OPTIONS",
+        "/contacts",
+        headers={"Origin": OTHER_ORIGIN, "Access-Control-Request-Method": "GET"},
+    )
+    assert "access-control-allow-origin" not in r.headers
+    assert r.status_code == 404
+    r = web.get(f"/contacts/{uuid.uuid4()}", headers={"Origin": OTHER_ORIGIN})
+    assert not [name for name in r.headers if name.lower().startswith("access-control-")]
+
+
+def test_without_origins_there_is_no_cors_at_all(rest: Rest) -> None:
+    r = rest.request(
+        "OPTIONS", "/contacts", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "GET"}
+    )
+    assert r.status_code == 404
+    r = rest.get(f"/contacts/{uuid.uuid4()}", headers={"Origin": ORIGIN})
+    assert not [name for name in r.headers if name.lower().startswith("access-control-")]
+
+
+# --- gRPC-Web and Connect on Envoy's port ---------------------------------------------
+
+
+def grpc_web_call(
+    envoy: Envoy, method: str, message: Any, headers: dict[str, str] | None = None
+) -> tuple[requests.Response, list[bytes], dict[str, str]]:
+    """One gRPC-Web (binary) call: the reply, its messages and its trailers."""
+    data = message.SerializeToString()
+    r = LOCAL.post(
+        f"{envoy.url}/{method}",
+        data=b"\x00" + len(data).to_bytes(4, "big") + data,
+        headers={
+            "content-type": "application/grpc-web+proto",
+            "x-grpc-web": "1",
+            "accept-encoding": "gzip",
+            **(headers or {}),
+        },
+        timeout=10,
+    )
+    messages, trailers, body = [], {}, r.content
+    while body:
+        flag, size = body[0], int.from_bytes(body[1:5], "big")
+        frame, body = body[5 : 5 + size], body[5 + size :]
+        if flag & 0x80:
+            for line in frame.decode().split("\r\n"):
+                if line:
+                    name, _, value = line.partition(":")
+                    trailers[name.strip().lower()] = value.strip()
+        else:
+            messages.append(frame)
+    # A trailers-only reply carries them as headers.
+    for name in ("grpc-status", "grpc-message", "grpc-status-details-bin"):
+        if name in r.headers:
+            trailers.setdefault(name, r.headers[name])
+    return r, messages, trailers
+
+
+def test_grpc_web_reaches_every_rpc_with_auth_and_errors(
+    browsers_envoy: Envoy, web: Rest, user: tuple[str, str]
+) -> None:
+    contact = new_contact(web)
+    get = "contacts.v1.ContactsService/GetContact"
+    r, messages, trailers = grpc_web_call(
+        browsers_envoy, get, pb.GetContactRequest(contact_id=contact["id"]), {"Origin": ORIGIN}
+    )
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith("application/grpc-web")
+    assert "content-encoding" not in r.headers  # protobuf: never compressed by Envoy
+    assert r.headers["access-control-allow-origin"] == ORIGIN
+    assert trailers["grpc-status"] == "0"
+    assert pb.Contact.FromString(messages[0]).id == contact["id"]
+    assert trailers["etag"] == '"1"'
+
+    _, _, trailers = grpc_web_call(
+        browsers_envoy, get, pb.GetContactRequest(contact_id=str(uuid.uuid4()))
+    )
+    assert trailers["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
+    assert trailers["grpc-message"] == "Contact not found"
+    assert trailers["grpc-status-details-bin"]  # google.rpc details, as over gRPC
+
+    listing = "contacts.v1.CompaniesService/ListCompanies"
+    _, _, trailers = grpc_web_call(browsers_envoy, listing, pb.ListCompaniesRequest())
+    assert trailers["grpc-status"] == str(grpc.StatusCode.UNAUTHENTICATED.value[0])
+    _, _, trailers = grpc_web_call(
+        browsers_envoy,
+        listing,
+        pb.ListCompaniesRequest(),
+        {"authorization": f"Bearer {user[1]}"},
+    )
+    assert trailers["grpc-status"] == "0"
+
+
+def test_grpc_web_text_too(browsers_envoy: Envoy, web: Rest) -> None:
+    contact = new_contact(web)
+    data = pb.GetContactRequest(contact_id=contact["id"]).SerializeToString()
+    r = LOCAL.post(
+        f"{browsers_envoy.url}/contacts.v1.ContactsService/GetContact",
+        data=base64.b64encode(b"\x00" + len(data).to_bytes(4, "big") + data),
+        headers={
+            "content-type": "application/grpc-web-text",
+            "accept": "application/grpc-web-text",
+            "x-grpc-web": "1",
+        },
+        timeout=10,
+    )
+    assert r.status_code == 200
+    # Each write is base64 of its own, padded: the reply is their concatenation.
+    body = b"".join(base64.b64decode(part) for part in re.findall(rb"[^=]+=*", r.content))
+    assert pb.Contact.FromString(body[5 : 5 + int.from_bytes(body[1:5], "big")]).id == contact["id"]
+    assert b"grpc-status:0" in body
+
+
+def test_connect_unary_binary(browsers_envoy: Envoy, web: Rest) -> None:
+    contact = new_contact(web)
+    url = f"{browsers_envoy.url}/contacts.v1.ContactsService/GetContact"
+    headers = {"content-type": "application/proto", "connect-protocol-version": "1"}
+    r = LOCAL.post(
+        url,
+        data=pb.GetContactRequest(contact_id=contact["id"]).SerializeToString(),
+        headers=headers,
+        timeout=10,
+    )
+    assert r.status_code == 200, r.content
+    assert r.headers["content-type"] == "application/proto"
+    assert pb.Contact.FromString(r.content).email == contact["email"]
+    r = LOCAL.post(
+        url,
+        data=pb.GetContactRequest(contact_id=str(uuid.uuid4())).SerializeToString(),
+        headers=headers,
+        timeout=10,
+    )
+    assert r.status_code == 404
+    assert r.json()["code"] == "not_found"
+    assert r.json()["message"] == "Contact not found"
+    # Envoy 1.40's bridge passes the google.rpc details on, too.
+    assert "google.rpc.ErrorInfo" in {d["type"].rsplit("/")[-1] for d in r.json()["details"]}
+
+
+# --- What every HTTP client expects ---------------------------------------------------
+
+
+def test_a_201_says_where_the_new_resource_is(rest: Rest, user: tuple[str, str]) -> None:
+    r = rest.post("/companies", token=user[1], json={"name": "Acme"})
+    assert r.status_code == 201
+    assert r.headers["location"] == f"/companies/{r.json()['id']}"
+    assert rest.get(r.headers["location"], token=user[1]).json() == r.json()
+    r = rest.post("/contacts", json={"first_name": "Bo", "email": "bo@example.com"})
+    assert r.status_code == 201
+    assert r.headers["location"] == f"/contacts/{r.json()['id']}"
+    assert rest.get(r.headers["location"]).json() == r.json()
+
+
+def raw_get(url: str, encoding: str | None, **headers: str) -> requests.Response:
+    """A GET whose body is left as the wire carried it."""
+    sent = {"Accept-Encoding": encoding or "identity", **headers}
+    return LOCAL.get(url, headers=sent, timeout=10, stream=True)
+
+
+def test_replies_of_a_kib_or_more_are_compressed(
+    rest: Rest, user: tuple[str, str], company: dict[str, Any]
+) -> None:
+    for i in range(12):
+        new_contact(rest, company_id=company["id"], last_name=f"Doe {i}")
+    url = f"{rest.base_url}/contacts?company_id={company['id']}"
+    auth = {"Authorization": f"Bearer {user[1]}"}
+    plain = raw_get(url, None, **auth)
+    assert "content-encoding" not in plain.headers
+    assert int(plain.headers["content-length"]) >= 1024
+    packed = raw_get(url, "gzip", **auth)
+    assert packed.headers["content-encoding"] == "gzip"
+    wire = packed.raw.read()
+    assert len(wire) < len(plain.content) / 2
+    assert json.loads(gzip.decompress(wire)) == plain.json()
+
+    openapi = raw_get(f"{rest.base_url}/openapi.json", "gzip")
+    assert openapi.headers["content-encoding"] == "gzip"
+
+
+def test_a_small_reply_is_sent_as_it_is(rest: Rest) -> None:
+    contact = new_contact(rest)
+    r = raw_get(f"{rest.base_url}/contacts/{contact['id']}", "gzip")
+    assert "content-encoding" not in r.headers
+    assert int(r.headers["content-length"]) < 1024
+    assert r.headers["etag"] == '"1"'
+
+
+def test_a_compressed_reply_keeps_its_strong_etag(rest: Rest) -> None:
+    long = "\U0001f600" * 100  # 400 bytes of UTF-8 in 100 characters
+    contact = new_contact(rest, first_name=long, last_name=long, designation=long)
+    url = f"{rest.base_url}/contacts/{contact['id']}"
+    r = raw_get(url, "gzip")
+    assert r.headers["content-encoding"] == "gzip"
+    assert r.headers["etag"] == '"1"'  # strong: not W/"1"
+    assert not [name for name in r.headers if name.lower().startswith("x-contacts-")]
+    r = LOCAL.patch(
+        url,
+        json={"phone": "+1 555 0100"},
+        headers={"If-Match": r.headers["etag"], "Accept-Encoding": "gzip"},
+        timeout=10,
+    )
+    assert r.status_code == 200
+    assert (r.headers["content-encoding"], r.headers["etag"]) == ("gzip", '"2"')
+
+
+# --- gRPC: reflection v1, and no internal metadata ------------------------------------
+
+
+@pytest.fixture(scope="module", params=["direct", "through-envoy"])
+def grpc_port(request: pytest.FixtureRequest, app: App, envoy: Envoy) -> int:
+    return app.port if request.param == "direct" else envoy.port
+
+
+def reflect(port: int, service: str, request: reflection_pb2.ServerReflectionRequest) -> Any:
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]
+    ) as channel:
+        # v1 and v1alpha are the same messages under two names.
+        call = channel.stream_stream(
+            f"/{service}/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        return next(iter(call(iter([request]), timeout=10)))
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+def test_reflection_answers_both_versions(grpc_port: int, version: str) -> None:
+    service = f"grpc.reflection.{version}.ServerReflection"
+    reply = reflect(grpc_port, service, reflection_pb2.ServerReflectionRequest(list_services=""))
+    names = {s.name for s in reply.list_services_response.service}
+    assert {
+        "contacts.v1.ContactsService",
+        "contacts.v1.CompaniesService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= names
+    for symbol in ("contacts.v1.ContactsService", "grpc.reflection.v1.ServerReflection"):
+        request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+        reply = reflect(grpc_port, service, request)
+        assert reply.file_descriptor_response.file_descriptor_proto, symbol
+
+
+def test_no_internal_metadata_reaches_grpc_clients(grpc_port: int, rest: Rest) -> None:
+    contact = new_contact(rest)
+    with grpc.insecure_channel(
+        f"127.0.0.1:{grpc_port}", options=[("grpc.enable_http_proxy", 0)]
+    ) as channel:
+        stub = contacts_pb2_grpc.ContactsServiceStub(channel)
+        # A client's own x-contacts-* metadata changes nothing either.
+        forged = (("x-contacts-rest-path", "/contacts"), ("x-contacts-fields", "phone"))
+        _, call = stub.CreateContact.with_call(
+            pb.CreateContactRequest(first_name="Cy", email="cy@example.com"),
+            metadata=forged,
+            timeout=10,
+        )
+        received = [*call.initial_metadata(), *call.trailing_metadata()]
+        _, call = stub.GetContact.with_call(
+            pb.GetContactRequest(contact_id=contact["id"]), timeout=10
+        )
+        received += [*call.initial_metadata(), *call.trailing_metadata()]
+        for request in (
+            pb.GetContactRequest(contact_id=str(uuid.uuid4())),
+            pb.GetContactRequest(contact_id="not-a-uuid"),
+        ):
+            with pytest.raises(grpc.RpcError) as failed:
+                stub.GetContact(request, metadata=forged, timeout=10)
+            error: Any = failed.value
+            received += [*error.initial_metadata(), *error.trailing_metadata()]
+    names = {name for name, _ in received}
+    assert "x-request-id" in names
+    assert not [name for name in names if name.startswith("x-contacts-")], names
+
+
+# --- buf curl: a gRPC tool nobody here wrote, by reflection ---------------------------
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "grpcweb", "connect"])
+def test_buf_curl_speaks_every_protocol_through_envoy(
+    protocol: str, browsers_envoy: Envoy, web: Rest, tmp_path: Path
+) -> None:
+    contact = new_contact(web)
+
+    def curl(contact_id: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(BUF),
+                "curl",
+                "--protocol",
+                protocol,
+                "--http2-prior-knowledge",
+                "--data",
+                json.dumps({"contact_id": contact_id}),
+                f"{browsers_envoy.url}/contacts.v1.ContactsService/GetContact",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NO_PROXY": "*"},
+        )
+
+    found = curl(contact["id"])
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)["email"] == contact["email"]
+    missing = curl(str(uuid.uuid4()))
+    assert missing.returncode != 0
+    error = json.loads(missing.stdout or missing.stderr)
+    assert (error["code"], error["message"]) == ("not_found", "Contact not found")
