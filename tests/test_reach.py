@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection_pb2
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.rpc.app import App
+from server.rpc.validation import CLEARABLE
 from server.settings import PROJECT_ROOT
 from tests.conftest import Rest
 from tests.harness import Envoy
@@ -440,3 +441,67 @@ def test_buf_curl_speaks_every_protocol_through_envoy(
     assert missing.returncode != 0
     error = json.loads(missing.stdout or missing.stderr)
     assert (error["code"], error["message"]) == ("not_found", "Contact not found")
+
+
+# --- The OpenAPI document tells the whole truth ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def openapi(rest: Rest) -> dict[str, Any]:
+    return dict(rest.get("/openapi.json").json())
+
+
+def test_what_null_clears_is_nullable_and_nothing_else(openapi: dict[str, Any]) -> None:
+    body = openapi["paths"]["/contacts/{contact_id}"]["patch"]["requestBody"]
+    properties = body["content"]["application/json"]["schema"]["properties"]
+    nullable = {name for name, schema in properties.items() if "null" in schema.get("type", [])}
+    assert nullable == set(CLEARABLE) == {"company_id", "last_name", "phone", "designation"}
+    for other in ("POST /contacts", "POST /companies"):
+        verb, path = other.split()
+        schema = openapi["paths"][path][verb.lower()]["requestBody"]["content"]
+        fields = schema["application/json"]["schema"]["properties"].values()
+        assert not [s for s in fields if "null" in s.get("type", [])], other
+
+
+def test_null_clears_as_documented(rest: Rest, openapi: dict[str, Any]) -> None:
+    contact = new_contact(rest, last_name="Doe", phone="+1 555", designation="CEO")
+    r = rest.patch(
+        f"/contacts/{contact['id']}",
+        json={"last_name": None, "phone": None, "designation": None},
+    )
+    assert r.status_code == 200
+    assert not {"last_name", "phone", "designation"} & set(r.json())
+    r = rest.patch(f"/contacts/{contact['id']}", json={"email": None})
+    assert r.status_code == 400
+
+
+@pytest.mark.parametrize("path", ["/contacts", "/companies"])
+def test_paging_bounds_are_the_real_ones(
+    rest: Rest, openapi: dict[str, Any], user: tuple[str, str], company: dict[str, Any], path: str
+) -> None:
+    parameters = {p["name"]: p["schema"] for p in openapi["paths"][path]["get"]["parameters"]}
+    query = {"company_id": company["id"]} if path == "/contacts" else {}
+    for name in ("skip", "limit"):
+        low, high = parameters[name]["minimum"], parameters[name]["maximum"]
+        for value, accepted in ((low, True), (high, True), (low - 1, False)):
+            r = rest.get(path, token=user[1], params={**query, name: value})
+            assert (r.status_code == 200) == accepted, (name, value, r.text)
+    r = rest.get(path, token=user[1], params={**query, "limit": parameters["limit"]["maximum"] + 1})
+    assert r.status_code == 400
+
+
+def test_reply_headers_are_modelled(openapi: dict[str, Any]) -> None:
+    operations = [op for item in openapi["paths"].values() for op in item.values()]
+    for operation in operations:
+        for status, response in operation["responses"].items():
+            assert "x-request-id" in response["headers"], (operation["operationId"], status)
+            if status == "201":
+                assert "Location" in response["headers"]
+            if status == "429":
+                assert "Retry-After" in response["headers"]
+            if status < "400":
+                assert {"RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"} <= set(
+                    response["headers"]
+                )
+    get = openapi["paths"]["/contacts/{contact_id}"]["get"]["responses"]["200"]
+    assert "ETag" in get["headers"]
