@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import gzip
+import http.client
 import json
 import re
 import subprocess
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import pytest
@@ -335,6 +337,23 @@ def test_a_compressed_reply_keeps_its_strong_etag(rest: Rest) -> None:
     )
     assert r.status_code == 200
     assert (r.headers["content-encoding"], r.headers["etag"]) == ("gzip", '"2"')
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "identity"])
+def test_a_204_leaves_the_connection_clean(rest: Rest, superuser_token: str, encoding: str) -> None:
+    """The next reply on a kept-alive connection after a 204 is read intact."""
+    made = rest.post("/contacts", json={"first_name": "Z", "email": "z@example.com"}).json()
+    address = urlsplit(rest.base_url)
+    connection = http.client.HTTPConnection(address.hostname or "", address.port, timeout=10)
+    headers = {"Accept-Encoding": encoding, "Authorization": f"Bearer {superuser_token}"}
+    connection.request("DELETE", f"/contacts/{made['id']}", headers=headers)
+    deleted = connection.getresponse()
+    assert (deleted.status, deleted.read()) == (204, b"")
+    assert deleted.getheader("content-encoding") is None
+    connection.request("GET", f"/contacts/{made['id']}", headers={"Accept-Encoding": encoding})
+    missing = connection.getresponse()
+    assert (missing.status, json.loads(missing.read())) == (404, {"detail": "Contact not found"})
+    connection.close()
 
 
 # --- gRPC: reflection v1, and no internal metadata ------------------------------------
