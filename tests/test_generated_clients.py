@@ -1,6 +1,7 @@
 """Clients nobody here wrote, generated from the live service's /openapi.json, run the
-seed's flow: openapi-python-client's (its models and our use of them pass mypy
---strict, and null clears a field)."""
+seed's flow, clearing a field with null: openapi-python-client's (its models and
+our use of them pass mypy --strict), and openapi-fetch typed by openapi-typescript
+(under tsc --strict)."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from server.settings import PROJECT_ROOT
 from tests.conftest import Rest
 
 HERE = Path(__file__).with_name("generated")
 BIN = Path(sys.executable).parent
 GENERATE = ("--meta", "none", "--output-path", "contacts_api")
 CHECKED = ("python_flow.py", "contacts_api")
+NODE_MODULES = PROJECT_ROOT / "node_modules"
+NODE_BIN = NODE_MODULES / ".bin"
+TSC = ("--strict", "--target", "es2022", "--module", "nodenext", "--moduleResolution", "nodenext")
 
 
 def test_openapi_python_client_runs_the_flow_under_mypy_strict(
@@ -62,3 +67,30 @@ def test_openapi_python_client_runs_the_flow_under_mypy_strict(
     assert seen["stale"].startswith("The contact has changed")
     assert seen["listed"] == ["John"]
     assert (seen["deleted"], seen["missing"]) == (204, "Contact not found")
+
+
+def test_openapi_typescript_and_fetch_run_the_flow_under_tsc_strict(
+    rest: Rest, user: tuple[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    shutil.copy(HERE / "ts_flow.mts", tmp_path / "ts_flow.mts")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "NO_PROXY": "*"}
+
+    def run(*command: str, timeout: float = 120) -> str:
+        done = subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, timeout=timeout, env=env
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    run(str(NODE_BIN / "openapi-typescript"), f"{rest.base_url}/openapi.json", "-o", "schema.d.ts")
+    # TypeScript 5 (openapi-typescript does not run on 7), strict, the schema included.
+    assert run(str(NODE_BIN / "tsc"), "--version").startswith("Version 5.")
+    run(str(NODE_BIN / "tsc"), *TSC, "ts_flow.mts")
+    seen = json.loads(run("node", "ts_flow.mjs", rest.base_url, user[1]))
+    assert seen["created"][0] == 201 and seen["created"][1].startswith("/contacts/")
+    assert seen["changed"] == ["Head of Sales", True]  # phone: null cleared it
+    assert seen["stale"][0] == 412
+    assert seen["refused"] == 400  # what the types refuse, the service refuses too
+    assert seen["listed"] == ["John"]
+    assert (seen["deleted"], seen["missing"]) == (204, [404, "Contact not found"])
