@@ -1,7 +1,8 @@
 """Clients nobody here wrote, generated from the live service's /openapi.json, run the
 seed's flow, clearing a field with null: openapi-python-client's (its models and
 our use of them pass mypy --strict), and openapi-fetch typed by openapi-typescript
-(under tsc --strict)."""
+(under tsc --strict); and @grpc/grpc-js, from the protos in protos/ alone,
+decoding the google.rpc details of its errors."""
 
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from server.rpc.app import App
 from server.settings import PROJECT_ROOT
 from tests.conftest import Rest
+from tests.harness import Envoy
 
 HERE = Path(__file__).with_name("generated")
 BIN = Path(sys.executable).parent
@@ -94,3 +99,34 @@ def test_openapi_typescript_and_fetch_run_the_flow_under_tsc_strict(
     assert seen["refused"] == 400  # what the types refuse, the service refuses too
     assert seen["listed"] == ["John"]
     assert (seen["deleted"], seen["missing"]) == (204, [404, "Contact not found"])
+
+
+@pytest.mark.parametrize("door", ["grpc-port", "envoy"])
+def test_grpc_js_decodes_error_details_with_the_shipped_protos(
+    app: App, envoy: Envoy, tmp_path: Path, door: str
+) -> None:
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
+    shutil.copy(HERE / "grpc_js_flow.mjs", tmp_path / "grpc_js_flow.mjs")
+    port = app.port if door == "grpc-port" else envoy.port
+    done = subprocess.run(
+        ["node", "grpc_js_flow.mjs", f"127.0.0.1:{port}", str(PROJECT_ROOT / "protos")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "no_grpc_proxy": "*"},
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    missing, invalid = seen["missing"]["error"], seen["invalid"]["error"]
+    assert (missing["code"], missing["message"]) == (5, "Contact not found")
+    assert missing["details"] == [
+        {"type": "google.rpc.ErrorInfo", "reason": "CONTACT_NOT_FOUND", "domain": "contacts.v1"}
+    ]
+    assert invalid["code"] == 3
+    assert {
+        "type": "google.rpc.BadRequest",
+        "fieldViolations": [{"field": "contact_id", "description": "must be a UUID"}],
+    } in invalid["details"]
+    for value in seen.values():
+        assert not [key for key in value["keys"] if key.startswith("x-contacts-")]
