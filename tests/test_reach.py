@@ -27,9 +27,10 @@ from grpc_reflection.v1alpha import reflection_pb2
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
+from server.process import stack
 from server.rpc.app import App
 from server.rpc.validation import CLEARABLE
-from server.settings import PROJECT_ROOT
+from server.settings import PROJECT_ROOT, Settings, SettingsError
 from tests.conftest import Rest
 from tests.harness import Envoy
 
@@ -524,3 +525,23 @@ def test_reply_headers_are_modelled(openapi: dict[str, Any]) -> None:
                 )
     get = openapi["paths"]["/contacts/{contact_id}"]["get"]["responses"]["200"]
     assert "ETag" in get["headers"]
+
+
+# --- CONTACTS_CORS_ORIGINS ------------------------------------------------------------
+
+
+def test_cors_origins_are_read_as_origins() -> None:
+    read = Settings.from_env({"CONTACTS_JWT_SECRET": "s" * 40, "CONTACTS_CORS_ORIGINS": ""})
+    assert read.cors_origins == ()
+    env = {"CONTACTS_JWT_SECRET": "s" * 40, "CONTACTS_CORS_ORIGINS": f" {ORIGIN}, http://a:8080"}
+    assert Settings.from_env(env).cors_origins == (ORIGIN, "http://a:8080")
+    for wrong in ("app.example.com", "https://app.example.com/", "ftp://x", "https://a/b"):
+        with pytest.raises(SettingsError):
+            Settings.from_env({**env, "CONTACTS_CORS_ORIGINS": wrong})
+
+
+@pytest.mark.parametrize("origins", [(), ("*",), (ORIGIN, OTHER_ORIGIN)])
+def test_envoy_takes_every_form_of_cors_origins(origins: tuple[str, ...], tmp_path: Path) -> None:
+    config = tmp_path / "envoy.yaml"
+    config.write_text(stack.render_envoy_config((("127.0.0.1", 1),), 0, 0, cors_origins=origins))
+    stack.validate_envoy_config(config)
