@@ -322,22 +322,31 @@ def test_a_small_reply_is_sent_as_it_is(rest: Rest) -> None:
     assert r.headers["etag"] == '"1"'
 
 
-def test_a_compressed_reply_keeps_its_strong_etag(rest: Rest) -> None:
+@pytest.mark.parametrize("coding", ["gzip", "br", "zstd"])
+def test_a_compressed_reply_keeps_its_strong_etag(rest: Rest, coding: str) -> None:
     long = "\U0001f600" * 100  # 400 bytes of UTF-8 in 100 characters
     contact = new_contact(rest, first_name=long, last_name=long, designation=long)
     url = f"{rest.base_url}/contacts/{contact['id']}"
-    r = raw_get(url, "gzip")
-    assert r.headers["content-encoding"] == "gzip"
+    r = raw_get(url, coding)
+    assert r.headers["content-encoding"] == coding
     assert r.headers["etag"] == '"1"'  # strong: not W/"1"
     assert not [name for name in r.headers if name.lower().startswith("x-contacts-")]
     r = LOCAL.patch(
         url,
         json={"phone": "+1 555 0100"},
-        headers={"If-Match": r.headers["etag"], "Accept-Encoding": "gzip"},
+        headers={"If-Match": r.headers["etag"], "Accept-Encoding": coding},
         timeout=10,
+        stream=True,
     )
     assert r.status_code == 200
-    assert (r.headers["content-encoding"], r.headers["etag"]) == ("gzip", '"2"')
+    assert (r.headers["content-encoding"], r.headers["etag"]) == (coding, '"2"')
+
+
+def test_a_browser_that_accepts_every_coding_gets_gzip(rest: Rest) -> None:
+    r = raw_get(f"{rest.base_url}/openapi.json", "gzip, deflate, br, zstd")
+    assert r.headers["content-encoding"] == "gzip"
+    r = raw_get(f"{rest.base_url}/openapi.json", "gzip;q=0.5, br")
+    assert r.headers["content-encoding"] == "br"
 
 
 @pytest.mark.parametrize("encoding", ["gzip", "identity"])
