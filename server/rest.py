@@ -52,7 +52,7 @@ CORS_ALLOW_HEADERS = (
     "connect-protocol-version",
     "connect-timeout-ms",
 )
-CORS_EXPOSE_HEADERS = (
+CORS_EXPOSE_HEADERS: tuple[str, ...] = (
     "etag",
     "location",
     "x-request-id",
@@ -64,6 +64,13 @@ CORS_EXPOSE_HEADERS = (
     "grpc-status",
     "grpc-message",
     "grpc-status-details-bin",
+)
+# Connect's unary replies carry the call's trailing metadata as trailer-* headers
+# (Envoy's Connect bridge): a page reads them only if they are exposed too.
+CORS_EXPOSE_HEADERS += tuple(
+    f"trailer-{name}"
+    for name in CORS_EXPOSE_HEADERS
+    if name in ("etag", "x-request-id", "retry-after") or name.startswith("ratelimit-")
 )
 # How long a browser may reuse a preflight's answer, in seconds.
 CORS_MAX_AGE = 600
