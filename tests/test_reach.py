@@ -23,16 +23,19 @@ from urllib.parse import urlsplit
 import grpc
 import pytest
 import requests
+from google.rpc import status_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
+from server.data.store import Store
 from server.process import stack
 from server.rpc.app import App
 from server.rpc.validation import CLEARABLE
 from server.settings import PROJECT_ROOT, Settings, SettingsError
 from tests.conftest import Rest
 from tests.harness import Envoy
+from tests.test_openapi import limited_stack
 
 ORIGIN = "http://app.example.test"
 OTHER_ORIGIN = "http://evil.example.test"
@@ -188,10 +191,8 @@ def grpc_web_call(
                     trailers[name.strip().lower()] = value.strip()
         else:
             messages.append(frame)
-    # A trailers-only reply carries them as headers.
-    for name in ("grpc-status", "grpc-message", "grpc-status-details-bin"):
-        if name in r.headers:
-            trailers.setdefault(name, r.headers[name])
+    if not r.content:  # a trailers-only reply carries them as headers
+        trailers.update((name.lower(), value) for name, value in r.headers.items())
     return r, messages, trailers
 
 
@@ -228,6 +229,24 @@ def test_grpc_web_reaches_every_rpc_with_auth_and_errors(
         {"authorization": f"Bearer {user[1]}"},
     )
     assert trailers["grpc-status"] == "0"
+
+
+def test_grpc_web_draws_on_the_same_rate_limit(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    with limited_stack(settings, store, tmp_path, limit=1) as limited:
+        request = pb.GetContactRequest(contact_id=str(uuid.uuid4()))
+        get = "contacts.v1.ContactsService/GetContact"
+        _, _, first = grpc_web_call(limited, get, request)
+        assert first["grpc-status"] == str(grpc.StatusCode.NOT_FOUND.value[0])
+        _, _, refused = grpc_web_call(limited, get, request)
+        assert refused["grpc-status"] == str(grpc.StatusCode.RESOURCE_EXHAUSTED.value[0])
+        assert refused["grpc-message"] == "Rate limit exceeded"
+        assert int(refused["retry-after"]) >= 1
+        status = status_pb2.Status.FromString(
+            base64.b64decode(refused["grpc-status-details-bin"] + "==")
+        )
+        assert any(d.type_url.endswith("google.rpc.RetryInfo") for d in status.details)
 
 
 def test_grpc_web_text_too(browsers_envoy: Envoy, web: Rest) -> None:
