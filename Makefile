@@ -57,8 +57,8 @@ check-gen: $(STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/ruff check server tests bench openapi
-	$(VENV)/bin/ruff format --check server tests bench openapi
+	$(VENV)/bin/ruff check server tests bench openapi clients/python
+	$(VENV)/bin/ruff format --check server tests bench openapi clients/python
 	$(VENV)/bin/mypy
 
 # Both of Envoy's configs: `run`'s (the workers from a file) and `envoy`'s (DNS).

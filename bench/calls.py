@@ -171,6 +171,19 @@ class Client:
         data = reply.json()
         call.check("REST", data if isinstance(data, list) else [data])
 
+    def rest_bytes(self, call: Call, accept_encoding: str) -> int:
+        """The bytes of `call`'s REST reply body on the wire, as the client accepts it."""
+        reply = self.http.request(
+            call.method,
+            self.http_url + call.path,
+            headers={"Accept-Encoding": accept_encoding},
+            timeout=30,
+            stream=True,
+        )
+        if not reply.ok:
+            raise CheckFailed(f"REST {call.rpc}: HTTP {reply.status_code}")
+        return len(reply.raw.read(decode_content=False))
+
     def row_cost_us(self, company_id: str, calls: int = 200) -> float:
         """Single-threaded cost of one more listed row, black-box: the median time of a
         page of 100 minus that of a page of 1, over 99, one call in flight."""

@@ -51,6 +51,7 @@ def section(results: dict[str, Any] | None) -> str:
             results["unloaded"], results["memory_mib"], results.get("ceiling", []), rows
         ),
         report.observability_lines(results["observability"], counted),
+        *([report.compression_lines(results["compression"])] if results.get("compression") else []),
     ]
     return "\n".join([BEGIN, "", conditions, "", "```text", *printed, "```", "", END])
 

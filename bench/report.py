@@ -212,3 +212,32 @@ def observability_lines(rows: list[Row], counted: Count | None = None) -> str:
             for part, count in sorted(counted.split.items(), key=lambda item: -item[1]):
                 lines.append(f"  {part:<45} {count:>9,.0f}/call  {count / counted.on:6.1%}")
     return "\n".join(lines)
+
+
+COMPRESSION_BOUND = 0.05  # a reply under 1 KiB is never compressed: no measurable cost
+
+
+def compression_lines(rows: list[Row]) -> str:
+    """REST reads with Accept-Encoding: gzip against without: req/s and server CPU per
+    reply (medians of the alternated rows) and the bytes a reply takes on the wire."""
+    if not rows:
+        return ""
+    lines = ["REST replies, gzip accepted vs not (sqlite x1, alternated):"]
+    for rpc in dict.fromkeys(r["rpc"] for r in rows):
+        got = {
+            e: [r for r in rows if r["rpc"] == rpc and r["encoding"] == e]
+            for e in ("gzip", "identity")
+        }
+        if not got["gzip"] or not got["identity"]:
+            continue
+        rps = {e: statistics.median(r["rps"] for r in found) for e, found in got.items()}
+        size = {e: found[0]["bytes"] for e, found in got.items()}
+        cost = 1 - rps["gzip"] / rps["identity"] if rps["identity"] else math.nan
+        small = size["identity"] < 1024
+        verdict = ("met" if cost <= COMPRESSION_BOUND else "MISSED") if small else ""
+        bound = f"(<= {COMPRESSION_BOUND:.0%}, under 1 KiB) {verdict}" if small else "(compressed)"
+        lines.append(
+            f"  {rpc:<15} gzip {rps['gzip']:8,.0f} req/s  identity {rps['identity']:8,.0f} req/s  "
+            f"cost {cost:6.1%} {bound:<28} bytes {size['gzip']:,} vs {size['identity']:,}"
+        )
+    return "\n".join(lines)

@@ -58,6 +58,7 @@ class Run:
     quiet: list[Row] = field(default_factory=list)  # the baseline at 1 request in flight
     ceiling: list[Row] = field(default_factory=list)  # the bare grpc.aio server (--aio)
     observed: list[Row] = field(default_factory=list)  # GetContact, metrics and log on and off
+    compressed: list[Row] = field(default_factory=list)  # REST reads, gzip accepted or not
     counted: instructions.Count | None = None  # the same, in instructions per call
 
 
@@ -115,8 +116,16 @@ class WorkerCpu:
         return "worker CPU " + "/".join(f"{u / sum(used):.0%}" for u in used)
 
 
-def measure(run: Run, stack: Stack, call: Call, door: str, load: Load | None = None) -> Row:
-    """One row: `call` over `door`, its reply checked before and after the load."""
+def measure(
+    run: Run,
+    stack: Stack,
+    call: Call,
+    door: str,
+    load: Load | None = None,
+    accept_encoding: str | None = None,
+) -> Row:
+    """One row: `call` over `door`, its reply checked before and after the load; REST
+    clients send `accept_encoding` if given."""
     load = load or run.load
     client = stack.client
     check = client.check_rest if door == REST else client.check_grpc
@@ -127,6 +136,9 @@ def measure(run: Run, stack: Stack, call: Call, door: str, load: Load | None = N
     name = f"{stack.backend}-{stack.workers}-{call.rpc}-{door}".replace(" ", "-")
     stem = run.workdir / name
     headers = {"authorization": f"Bearer {run.token}"}
+    if accept_encoding:
+        headers["accept-encoding"] = accept_encoding
+        stem = stem.with_name(f"{stem.name}-{accept_encoding}")
     if door == REST:
         url = stack.envoy.url + call.path
         result = wrk(url, call.method, call.body, headers, load, stem.with_suffix(".lua"))
@@ -213,6 +225,28 @@ def measure_observability(run: Run, env: dict[str, str], contact: str) -> None:
     print(f"  on {on:,.0f}  off {off:,.0f}  ({run.counted.cost:+.1%})", flush=True)
 
 
+# Rounds of gzip and identity on one stack, each first as often.
+COMPRESSION_ROUNDS = 2
+
+
+def measure_compression(run: Run, env: dict[str, str], contact: str, company: str) -> None:
+    """REST GetContact (under 1 KiB: never compressed) and a page of 100 contacts, for
+    clients that send Accept-Encoding: gzip and for clients that do not, alternated;
+    with the bytes each reply takes on the wire."""
+    print("== sqlite, 1 worker: REST replies, gzip accepted or not", flush=True)
+    with started(run, "sqlite", env) as stack:
+        for call in (get_contact(contact), list_contacts(company)):
+            sizes = {encoding: stack.client.rest_bytes(call, encoding) for encoding in ENCODINGS}
+            for round_ in range(COMPRESSION_ROUNDS):
+                for encoding in ENCODINGS if round_ % 2 == 0 else ENCODINGS[::-1]:
+                    row = measure(run, stack, call, REST, accept_encoding=encoding)
+                    row |= {"encoding": encoding, "bytes": sizes[encoding], "round": round_ + 1}
+                    run.compressed.append(row)
+
+
+ENCODINGS = ("gzip", "identity")
+
+
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
     """One database: seeded once through the API, then 1 and `workers` server processes."""
     env = {
@@ -238,6 +272,7 @@ def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: in
             run.memory_mib[f"{backend} x{count}"] = stack.server.rss() / 2**20
     if backend == "sqlite":
         measure_observability(run, env, contact)
+        measure_compression(run, env, contact, company)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -304,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.target_lines(targets))
     print(report.info_lines(run.quiet, run.memory_mib, run.ceiling, run.rows))
     print(report.observability_lines(run.observed, run.counted))
+    print(report.compression_lines(run.compressed))
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -315,6 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "unloaded": run.quiet,
         "ceiling": run.ceiling,
         "observability": run.observed,
+        "compression": run.compressed,
         "instructions": asdict(run.counted) if run.counted else None,
         "row_cost_us": run.row_cost_us,
         "memory_mib": run.memory_mib,

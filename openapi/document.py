@@ -23,13 +23,15 @@ from google.protobuf.descriptor import FieldDescriptor, MethodDescriptor
 from contacts.options.v1 import options_pb2
 from openapi.descriptors import Contract
 from openapi.examples import EXAMPLES
-from openapi.schemas import WELL_KNOWN, Schema, Schemas, is_required
+from openapi.schemas import WELL_KNOWN, Schema, Schemas, has_presence, is_required
+from server.rpc.validation import PAGE_BOUNDS
 
 ERROR = "Error"
 # What the page says first, to someone calling the API.
 INTRODUCTION = Path(__file__).with_name("introduction.md")
 BEARER = "bearer"
 RATE_LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+REQUEST_ID = "x-request-id"  # on every reply (Envoy's, the server's)
 # Headers the REST door adds to every route's replies alike (server/limits.py,
 # server/errors.py): the first three on every reply the rate limiter saw.
 HEADERS: dict[str, Schema] = {
@@ -53,6 +55,17 @@ HEADERS: dict[str, Schema] = {
     "ETag": {
         "description": "The contact's strong ETag; it changes whenever the contact does."
         " Send it back in If-Match to change or delete only what you read.",
+        "required": True,
+        "schema": {"type": "string"},
+    },
+    "Location": {
+        "description": "Where the new resource is: its path on this service.",
+        "required": True,
+        "schema": {"type": "string", "format": "uri-reference"},
+    },
+    "x-request-id": {
+        "description": "This call's id, also in the service's log line for it: quote it"
+        " when reporting a problem.",
         "required": True,
         "schema": {"type": "string"},
     },
@@ -187,7 +200,7 @@ class Failures:
         )
         responses = {}
         for status, number, text in found:
-            names = [*RATE_LIMIT_HEADERS]
+            names = [REQUEST_ID, *RATE_LIMIT_HEADERS]
             if number in FAILURE_HEADERS:
                 names.insert(0, FAILURE_HEADERS[number])
             responses[str(status)] = {
@@ -282,6 +295,29 @@ def _header_parameters(rest: options_pb2.Rest) -> list[Schema]:
     return found
 
 
+def _clearable(method: MethodDescriptor) -> frozenset[str]:
+    """The body fields that null clears: in a PATCH (AIP-134's update), each field that
+    the resource it answers may be without (a proto3 `optional` field there, left out
+    of a reply when unset), as the service clears them."""
+    rule = method.GetOptions().Extensions[annotations_pb2.http]
+    if rule.WhichOneof("pattern") != "patch":
+        return frozenset()
+    resource = method.output_type.fields_by_name
+    return frozenset(
+        field.name
+        for field in method.input_type.fields
+        if has_presence(field) and field.name in resource and has_presence(resource[field.name])
+    )
+
+
+def _bounded(name: str, schema: Schema) -> Schema:
+    """A paging parameter's schema with the bounds the service enforces."""
+    if name not in PAGE_BOUNDS:
+        return schema
+    low, high, default = PAGE_BOUNDS[name]
+    return {**schema, "minimum": low, "maximum": high, "default": default}
+
+
 def _parameter(schemas: Schemas, field: FieldDescriptor, where: str) -> Schema:
     message = field.message_type
     if message is not None and message.full_name not in WELL_KNOWN:
@@ -295,14 +331,14 @@ def _parameter(schemas: Schemas, field: FieldDescriptor, where: str) -> Schema:
     }
     if description:
         parameter["description"] = description
-    parameter["schema"] = schema
+    parameter["schema"] = _bounded(field.name, schema) if where == "query" else schema
     return parameter
 
 
 def _body(schemas: Schemas, method: MethodDescriptor, in_path: tuple[str, ...]) -> Schema:
     """A whole-message body, with the example the docs page offers for it."""
     request = method.input_type
-    schema = schemas.request(request, leave_out=in_path)
+    schema = schemas.request(request, leave_out=in_path, clearable=_clearable(method))
     required = any(is_required(field) for field in request.fields if field.name not in in_path)
     example = EXAMPLES.get(method.full_name)
     if example is None:
@@ -317,7 +353,15 @@ def _body(schemas: Schemas, method: MethodDescriptor, in_path: tuple[str, ...]) 
 def _success(
     schemas: Schemas, method: MethodDescriptor, rest: options_pb2.Rest
 ) -> dict[str, Schema]:
-    headers = _headers([*(["ETag"] if rest.etag else []), *RATE_LIMIT_HEADERS])
+    created = rest.reply == options_pb2.REPLY_CREATED
+    headers = _headers(
+        [
+            *(["Location"] if created else []),
+            *(["ETag"] if rest.etag else []),
+            REQUEST_ID,
+            *RATE_LIMIT_HEADERS,
+        ]
+    )
     if rest.reply == options_pb2.REPLY_NO_CONTENT:
         return {"204": {"description": HTTPStatus.NO_CONTENT.phrase, "headers": headers}}
     response = method.output_type

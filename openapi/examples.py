@@ -22,10 +22,11 @@ EXAMPLES: dict[str, dict[str, Any]] = {
         "designation": "Sales Manager",
         "is_primary": False,
     },
-    # The seed's update.
+    # The seed's update, and a field cleared with null.
     "contacts.v1.ContactsService.UpdateContact": {
         "designation": "Head of Sales",
         "is_primary": True,
+        "phone": None,
     },
     "contacts.v1.CompaniesService.CreateCompany": {"name": "Acme"},
 }

@@ -49,6 +49,20 @@ WELL_KNOWN: dict[str, Schema] = {
 _FORMATS = {options_pb2.FORMAT_UUID: "uuid"}
 
 
+def nullable(schema: Schema) -> Schema:
+    """`schema` that also takes null (OpenAPI 3.1: a JSON Schema type list)."""
+    found = dict(schema)
+    if "type" in found:
+        found["type"] = [found["type"], "null"]
+        return found
+    return {"anyOf": [found, {"type": "null"}]}
+
+
+def has_presence(field: FieldDescriptor) -> bool:
+    """A field that can be absent (a proto3 `optional` field is in a oneof)."""
+    return field.containing_oneof is not None
+
+
 def behaviors(field: FieldDescriptor) -> set[int]:
     return set(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
 
@@ -83,10 +97,19 @@ class Schemas:
             self.components[name] = self._object(message, reply=True, leave_out=())
         return {"$ref": f"#/components/schemas/{name}"}
 
-    def request(self, message: Descriptor, leave_out: tuple[str, ...] = ()) -> Schema:
+    def request(
+        self,
+        message: Descriptor,
+        leave_out: tuple[str, ...] = (),
+        clearable: frozenset[str] = frozenset(),
+    ) -> Schema:
         """The inline schema of a request body: output-only fields and those bound
-        elsewhere (path variables) left out."""
-        return self._object(message, reply=False, leave_out=leave_out)
+        elsewhere (path variables) left out; `clearable` fields also take null."""
+        schema = self._object(message, reply=False, leave_out=leave_out)
+        for name in clearable:
+            if name in schema["properties"]:
+                schema["properties"][name] = nullable(schema["properties"][name])
+        return schema
 
     def field(self, field: FieldDescriptor, reply: bool) -> Schema:
         """A field's schema, described by its comment."""

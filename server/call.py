@@ -35,6 +35,7 @@ class Call:
         "replied",
         "request_id",
         "reserved_id",
+        "rest_path",
         "started",
     )
 
@@ -49,6 +50,8 @@ class Call:
         # id: a create run again under the same key can never make a second row).
         self.reserved_id: uuid.UUID | None = None
         self.cause: str | None = None  # why the server failed it, when it did
+        # The REST path Envoy was sent, for a call through its REST door (rest interceptor).
+        self.rest_path: str | None = None
 
     def reply_with(self, *pairs: tuple[str, str]) -> None:
         """Metadata the reply carries, as trailers with the status (REST: headers)."""

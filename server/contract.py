@@ -52,8 +52,9 @@ class Rule:
 REQUIRED_GENERAL = Rule(Access.REQUIRED, RateClass.GENERAL)
 INFRASTRUCTURE_RULE = Rule(Access.PUBLIC, None)
 
+CREATED = "created"  # a reply kind: 201, with the new resource's Location
 _REPLY_KINDS = {
-    options_pb2.REPLY_CREATED: "created",
+    options_pb2.REPLY_CREATED: CREATED,
     options_pb2.REPLY_NO_CONTENT: "no-content",
     options_pb2.REPLY_LIST: "list",
 }

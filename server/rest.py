@@ -23,9 +23,57 @@ PATH_HEADER = "x-contacts-rest-path"  # set by envoy/rest.lua, overwriting the c
 FIELDS_HEADER = "x-contacts-fields"
 REPLY_HEADER = "x-contacts-reply"  # read (and removed) by envoy/rest.lua
 STATUS_HEADER = "x-contacts-status"  # read (and removed) by envoy/rest.lua
-# On an error whose message is written for clients: rest.lua passes only those
-# on as the REST detail, never gRPC core's own ("received metadata size...").
-DETAIL_HEADER = "x-contacts-detail"
+# A 201's header naming what it made (REST only: gRPC clients get the message).
+LOCATION_HEADER = "location"
+# An error whose message is written for clients carries google.rpc details
+# (server/rpc/status.py: every error the server raises has an ErrorInfo), and
+# rest.lua passes only those on as the REST detail, never gRPC core's own
+# ("received metadata size..."), which have none. (A marker header of our own
+# would reach gRPC clients in the trailers.)
+DETAILS_HEADER = "grpc-status-details-bin"
+# The strong ETag of a reply, kept by rest.lua under this name while Envoy's
+# compressor runs (which drops a strong ETag from what it compresses) and put
+# back after it: a compressed reply keeps the ETag If-Match compares with.
+KEPT_ETAG_HEADER = "x-contacts-etag"
+
+# What browsers on CONTACTS_CORS_ORIGINS may send and read (CONTRACT.md,
+# "Every client can reach it"), rendered into Envoy's CORS policy.
+CORS_METHODS = ("GET", "POST", "PATCH", "DELETE")
+CORS_ALLOW_HEADERS = (
+    "authorization",
+    "content-type",
+    "idempotency-key",
+    "if-match",
+    "x-request-id",
+    # gRPC-Web's and Connect's own
+    "x-grpc-web",
+    "x-user-agent",
+    "grpc-timeout",
+    "connect-protocol-version",
+    "connect-timeout-ms",
+)
+CORS_EXPOSE_HEADERS: tuple[str, ...] = (
+    "etag",
+    "location",
+    "x-request-id",
+    "ratelimit-limit",
+    "ratelimit-remaining",
+    "ratelimit-reset",
+    "retry-after",
+    "www-authenticate",
+    "grpc-status",
+    "grpc-message",
+    "grpc-status-details-bin",
+)
+# Connect's unary replies carry the call's trailing metadata as trailer-* headers
+# (Envoy's Connect bridge): a page reads them only if they are exposed too.
+CORS_EXPOSE_HEADERS += tuple(
+    f"trailer-{name}"
+    for name in CORS_EXPOSE_HEADERS
+    if name in ("etag", "x-request-id", "retry-after") or name.startswith("ratelimit-")
+)
+# How long a browser may reuse a preflight's answer, in seconds.
+CORS_MAX_AGE = 600
 
 # AIP-158's fields of a paged list: a REST reply announces the next page in a
 # Link header (RFC 8288) to the same query with PAGE_TOKEN_FIELD set, and its

@@ -70,6 +70,24 @@ def _upstreams(raw: str) -> Upstreams:
     return tuple(found)
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    """CONTACTS_CORS_ORIGINS: `*`, or browser origins (`scheme://host[:port]`), comma-separated."""
+    found = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for origin in found:
+        if origin == "*":
+            continue
+        parts = urlsplit(origin)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.hostname
+            or origin != (f"{parts.scheme}://{parts.netloc}")
+        ):
+            raise SettingsError(
+                f"CONTACTS_CORS_ORIGINS: {origin!r} is not an origin like https://app.example.com"
+            )
+    return found
+
+
 def local_secret(data_dir: Path = DATA_DIR) -> str:
     """The local-run JWT secret: made once, kept 0600 in the data folder."""
     path = data_dir / "jwt-secret"
@@ -146,6 +164,9 @@ class Settings:
         a second purpose."""
         secret = (self.page_token_secret or self.jwt_secret).encode()
         return hmac.new(secret, b"contacts.v1 ListContacts page tokens", hashlib.sha256).digest()
+    # Browser origins whose pages may call the service (CORS, answered by Envoy);
+    # empty: no CORS headers at all, so browsers keep other origins' pages out.
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
@@ -190,4 +211,5 @@ class Settings:
             page_token_secret=env.get("CONTACTS_PAGE_TOKEN_SECRET", ""),
             nats_url=env.get("CONTACTS_NATS_URL", "").strip(),
             events_max_age=_int(env, "CONTACTS_EVENTS_MAX_AGE", cls.events_max_age, minimum=1),
+            cors_origins=_origins(env.get("CONTACTS_CORS_ORIGINS", "")),
         )

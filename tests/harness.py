@@ -265,6 +265,7 @@ class Envoy:
         upstreams: int | Sequence[tuple[str, int]],
         workdir: Path,
         log_format: str = "text",
+        cors_origins: tuple[str, ...] = (),
     ) -> None:
         if isinstance(upstreams, int):
             upstreams = [("127.0.0.1", upstreams)]
@@ -272,7 +273,12 @@ class Envoy:
         config = workdir / f"{name}.yaml"
         config.write_text(
             stack.render_envoy_config(
-                tuple(upstreams), 0, 0, http_address="127.0.0.1", log_format=log_format
+                tuple(upstreams),
+                0,
+                0,
+                http_address="127.0.0.1",
+                log_format=log_format,
+                cors_origins=cors_origins,
             )
         )
         admin_file = workdir / f"{name}-admin-address"

@@ -10,6 +10,7 @@ HTTP/1.1 over a socket or HTTP/2 through `h2`, as an attacker would.
 
 from __future__ import annotations
 
+import base64
 import secrets
 import socket
 import threading
@@ -29,6 +30,8 @@ import h2.exceptions
 import psutil
 import pytest
 import requests
+from google.protobuf import any_pb2
+from google.rpc import status_pb2
 from grpc_health.v1 import health_pb2
 
 from contacts.v1 import contacts_pb2 as pb
@@ -683,6 +686,16 @@ def test_a_full_server_is_503_unavailable_never_429(guarded: Guarded) -> None:
         assert failure.startswith(("REST 503 ", "gRPC UNAVAILABLE ")), failure
 
 
+# A google.rpc.Status with an ErrorInfo, as the server sends with a refusal.
+RATE_LIMITED_DETAILS = base64.b64encode(
+    status_pb2.Status(
+        code=8,
+        message="Rate limit exceeded",
+        details=[any_pb2.Any(type_url="type.googleapis.com/google.rpc.ErrorInfo")],
+    ).SerializeToString()
+).decode()
+
+
 @pytest.mark.parametrize(
     "reply, rest, grpc_code",
     [
@@ -692,12 +705,13 @@ def test_a_full_server_is_503_unavailable_never_429(guarded: Guarded) -> None:
             (503, {"detail": "Service unavailable"}),
             grpc.StatusCode.UNAVAILABLE,
         ),
-        # The server's refusal of the caller's own excess, marked as written for clients.
+        # The server's refusal of the caller's own excess: written for clients,
+        # as its google.rpc details say (every error of the server's has some).
         (
             (
                 ("grpc-status", "8"),
                 ("grpc-message", "Rate limit exceeded"),
-                ("x-contacts-detail", "1"),
+                ("grpc-status-details-bin", RATE_LIMITED_DETAILS),
             ),
             (429, {"detail": "Rate limit exceeded"}),
             grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -57,7 +57,7 @@ def stack(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     """A server process (its log configured as `make run` does) with Envoy in front."""
     workdir = tmp_path_factory.mktemp("observed")
     server = Server(server_env(database_url), workdir)
-    envoy = Envoy(server.port, workdir)
+    envoy = Envoy(server.proxy_port, workdir)
     envoy.wait_upstream()
     server.envoy = envoy  # type: ignore[attr-defined]
     yield server
@@ -237,7 +237,7 @@ def test_metrics_are_on_their_own_port_only(stack: Server) -> None:
 
 def test_json_log_lines_parse(database_url: str, tmp_path: Path) -> None:
     server = Server(server_env(database_url, CONTACTS_LOG_FORMAT="json"), tmp_path)
-    envoy = Envoy(server.port, tmp_path, log_format="json")
+    envoy = Envoy(server.proxy_port, tmp_path, log_format="json")
     try:
         envoy.wait_upstream()
         r = requests.get(f"{envoy.url}/contacts/{uuid.uuid4()}", timeout=5)

@@ -92,14 +92,18 @@ def render_envoy_config(
     admin_port: int,
     http_address: str = "0.0.0.0",
     log_format: str = "text",
+    cors_origins: tuple[str, ...] = (),
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
-    the file at a Path lists (see endpoints.discovery)."""
+    the file at a Path lists (see endpoints.discovery); browsers on cors_origins may
+    call them."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     reads, creates = resendable()
     return template.substitute(
         rest_lua=json.dumps(render_rest_lua()),  # a JSON string is a YAML string
         local_replies=local_replies(),
+        cors_policy=cors_policy(cors_origins),
+        kept_etag_header=rest.KEPT_ETAG_HEADER,
         discovery=endpoints.discovery(servers),
         reads=_any_of(reads),
         creates=_any_of(creates),
@@ -114,6 +118,26 @@ def render_envoy_config(
     )
 
 
+def cors_policy(origins: tuple[str, ...]) -> str:
+    """The virtual host's per-filter config: Envoy's CORS policy for these origins (`*`
+    for any), or none, as a YAML (JSON) mapping."""
+    if not origins:
+        return "{}"
+    matchers = [
+        {"safe_regex": {"regex": ".*"}} if origin == "*" else {"exact": origin}
+        for origin in origins
+    ]
+    policy = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy",
+        "allow_origin_string_match": matchers,
+        "allow_methods": ", ".join(rest.CORS_METHODS),
+        "allow_headers": ", ".join(rest.CORS_ALLOW_HEADERS),
+        "expose_headers": ", ".join(rest.CORS_EXPOSE_HEADERS),
+        "max_age": str(rest.CORS_MAX_AGE),
+    }
+    return json.dumps({"envoy.filters.http.cors": policy})
+
+
 def render_rest_lua() -> str:
     """envoy/rest.lua.tmpl with the headers and texts it shares with the server."""
     # safe_substitute: Lua's patterns use "$" too; a placeholder left over fails below.
@@ -122,8 +146,9 @@ def render_rest_lua() -> str:
         fields_header=rest.FIELDS_HEADER,
         reply_header=rest.REPLY_HEADER,
         status_header=rest.STATUS_HEADER,
-        detail_header=rest.DETAIL_HEADER,
         next_page_field=rest.NEXT_PAGE_FIELD,
+        details_header=rest.DETAILS_HEADER,
+        kept_etag_header=rest.KEPT_ETAG_HEADER,
         reasons="\n".join(
             f'  ["{status}"] = {json.dumps(text)},' for status, text in rest.REASONS.items()
         ),
@@ -181,6 +206,7 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
             settings.http_port,
             settings.envoy_admin_port,
             log_format=settings.log_format,
+            cors_origins=settings.cors_origins,
         )
     )
     return path

@@ -12,7 +12,6 @@ import grpc
 import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
 from server.auth.tokens import Tokens
@@ -24,6 +23,7 @@ from server.errors import StoreUnavailable
 from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
 from server.limits.slots import Slots
 from server.observability import metrics
+from server.rpc import reflection
 from server.rpc.interceptors.admission import AdmissionInterceptor
 from server.rpc.interceptors.auth import AuthInterceptor
 from server.rpc.interceptors.errors import ErrorInterceptor
@@ -112,9 +112,9 @@ class App:
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
-            for host, port, trusted in (
-                (self.host, self.settings.grpc_port, ()),
-                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies),
+            for host, port, trusted, envoy_door in (
+                (self.host, self.settings.grpc_port, (), False),
+                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies, True),
             ):
                 servers.append(
                     build_server(
@@ -127,6 +127,7 @@ class App:
                         self.reuse_port and port != 0,
                         health_servicer,
                         metered=bool(self.settings.metrics_port),
+                        envoy_door=envoy_door,
                     )
                 )
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -200,11 +201,13 @@ def build_server(
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
     metered: bool = False,
+    envoy_door: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
-    The client-address header is believed from settings.trusted_proxies only.
+    The client-address header is believed from settings.trusted_proxies only;
+    REST calls (the headers rest.lua adds) only on Envoy's door.
     """
     contract = Contract()
     tokens = Tokens(settings.jwt_secret)
@@ -224,7 +227,7 @@ def build_server(
             CallInterceptor(limiter.client, metered, contract),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
-            RestInterceptor(contract),
+            RestInterceptor(contract, envoy_door),
             AuthInterceptor(tokens, contract),
             # Keys belong to the client the limiter counts (token sub, else address).
             IdempotencyInterceptor(Keys(store), offload, limiter.client, contract),
@@ -248,9 +251,7 @@ def build_server(
     )
     contacts_pb2_grpc.add_CompaniesServiceServicer_to_server(Companies(store, offload), server)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (*SERVICES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    reflection.enable((*SERVICES, health.SERVICE_NAME), server)
     # A Unix socket ("unix:/path": `run`'s door for its Envoy), or a host's port.
     address = host if host.startswith("unix:") else f"{host}:{settings.grpc_port}"
     port = server.add_insecure_port(address)

@@ -4,9 +4,10 @@ An error's status carries google.rpc details (server/rpc/status.py) and, as
 trailing metadata, what the call gathered for its reply (server/call.py):
 REST clients get those as headers, even from an error's trailers-only reply.
 An error whose gRPC code the transcoder maps to another HTTP status (412,
-422) says which. Every error sent here carries CLIENT_DETAIL, which tells
-Envoy the message is ours to show (never gRPC core's own). Anything that is
-not a domain error is a bug: logged with its traceback, answered INTERNAL.
+422) says which. Every error sent here carries google.rpc details, which is
+how Envoy tells the message is ours to show (never gRPC core's own, which has
+none). Anything that is not a domain error is a bug: logged with its
+traceback, answered INTERNAL.
 """
 
 from __future__ import annotations
@@ -24,15 +25,12 @@ from server.call import REQUEST_ID
 from server.contract import http_status
 from server.errors import InternalError, StoreUnavailable
 from server.observability import metrics
-from server.rest import DETAIL_HEADER, PATH_HEADER, STATUS_HEADER
+from server.rest import STATUS_HEADER
 from server.rpc.interceptors.admission import Unread
-from server.rpc.metadata import metadata_values
 from server.rpc.status import status_of
 
 log = logging.getLogger(__name__)
 
-# Marks an error reply whose message was written for clients.
-CLIENT_DETAIL = (DETAIL_HEADER, "1")
 # Codes that mean the server failed, not the client.
 SERVER_FAULTS = frozenset(
     {
@@ -72,16 +70,13 @@ async def abort(error: GrpcException, context: grpc.aio.ServicerContext) -> NoRe
     call = calls.current()
     if isinstance(error, StoreUnavailable):
         metrics.DATABASE_ERRORS.inc()
-    metadata: tuple[tuple[str, str], ...] = (
-        *getattr(error, "headers", ()),
-        CLIENT_DETAIL,
-    )
+    metadata: tuple[tuple[str, str], ...] = tuple(getattr(error, "headers", ()))
     if call is not None:
         if error.status_code in SERVER_FAULTS:  # named on the call's log line
             call.note_cause(error.__cause__ or error)
         metadata = ((REQUEST_ID, call.request_id), *call.replied, *metadata)
     failure = getattr(error, "failure", None)
-    if failure is not None and metadata_values(context, PATH_HEADER):
+    if failure is not None and call is not None and call.rest_path is not None:
         # A REST call whose code the transcoder maps to another status: say which.
         metadata += ((STATUS_HEADER, str(http_status(failure))),)
     await context.abort_with_status(status_of(error, metadata))

@@ -20,10 +20,11 @@ from google.protobuf import json_format
 from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
-from server.contract import Contract
+from server.contract import CREATED, Contract
 from server.errors import PathNotFound
 from server.rest import (
     LINK_HEADER,
+    LOCATION_HEADER,
     NEXT_PAGE_FIELD,
     PAGE_TOKEN_FIELD,
     PATH_HEADER,
@@ -42,15 +43,18 @@ class RestInterceptor(AsyncServerInterceptor):
     It also refuses a request that could not be read (reading.Unread), after the
     rate limiter has counted it: every call draws from its client's bucket."""
 
-    def __init__(self, contract: Contract) -> None:
+    def __init__(self, contract: Contract, envoy_door: bool = True) -> None:
         self._contract = contract
+        # REST reaches a server through Envoy's door alone: on the gRPC port,
+        # a client's own x-contacts-* headers are not believed (nor answered).
+        self._envoy_door = envoy_door
 
     async def intercept(
         self, method: Callable, request: Any, context: grpc.aio.ServicerContext, method_name: str
     ) -> Any:
         if isinstance(request, Unread):
             raise request.error
-        sent = metadata_values(context, PATH_HEADER)
+        sent = metadata_values(context, PATH_HEADER) if self._envoy_door else []
         declared = self._contract.get(method_name)
         if not sent or declared is None:
             return await super().intercept(method, request, context, method_name)
@@ -60,10 +64,15 @@ class RestInterceptor(AsyncServerInterceptor):
             raise PathNotFound()
         for name, value in found.groupdict().items():
             setattr(request, name, unquote(value))
-        response = await super().intercept(method, request, context, method_name)
         call = calls.current()
+        if call is not None:
+            call.rest_path = sent[0]
+        response = await super().intercept(method, request, context, method_name)
         if declared.reply_kind is not None and call is not None:
             call.reply_with((REPLY_HEADER, declared.reply_kind))
+            if declared.reply_kind == CREATED:
+                # The new resource sits under the collection it was posted to.
+                call.reply_with((LOCATION_HEADER, f"{sent[0]}/{response.id}"))
             next_page = getattr(response, NEXT_PAGE_FIELD, "")
             if next_page:
                 link = next_page_link(sent[0], request, set(found.groupdict()), next_page)
