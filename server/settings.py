@@ -19,6 +19,7 @@ DATA_DIR = PROJECT_ROOT / "data"
 # waits that long too (plus the drain) before it kills one.
 STOP_GRACE_SECONDS = 10.0
 MIN_SECRET_BYTES = 32
+MAX_KEY_REFRESH_SECONDS = 600
 
 
 class SettingsError(ValueError):
@@ -94,6 +95,28 @@ LOOPBACK = "127.0.0.0/8,::1/128"
 LOOPBACK_NETWORKS = _networks(LOOPBACK)
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether a URL's host is this machine (a loopback address, or localhost)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_identity_url(name: str, url: str) -> str:
+    """An issuer or key-set URL: https, or http on loopback only (a local provider);
+    anything else would let a network path forge the keys."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and is_loopback_url(url):
+        return url
+    raise SettingsError(f"{name} must be an https:// URL (http:// on loopback only), got {url!r}")
+
+
 @dataclass(frozen=True)
 class Settings:
     grpc_port: int = 50051
@@ -129,9 +152,30 @@ class Settings:
     drain_seconds: float = 5.0
     # The servers `python -m server envoy` sends to; empty: this host's proxy port.
     upstreams: Upstreams = ()
+    # OpenID Connect: tokens from this issuer's published keys, for this audience.
+    # Empty: HS256 tokens signed with jwt_secret (the local mode).
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    # Seconds between fetches of the issuer's key set: a key it withdrew stops
+    # working within this (CONTRACT.md: at least every 10 minutes).
+    oidc_refresh_seconds: int = 300
+
+    @property
+    def oidc(self) -> bool:
+        return bool(self.oidc_issuer)
 
     def __post_init__(self) -> None:
-        if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        if self.oidc_issuer:
+            check_identity_url("CONTACTS_OIDC_ISSUER", self.oidc_issuer)
+            if not self.oidc_audience:
+                # A provider's tokens for its other applications must not pass here.
+                raise SettingsError("CONTACTS_OIDC_AUDIENCE is required with CONTACTS_OIDC_ISSUER")
+            if self.oidc_refresh_seconds > MAX_KEY_REFRESH_SECONDS:
+                raise SettingsError(
+                    f"CONTACTS_OIDC_REFRESH_SECONDS is at most {MAX_KEY_REFRESH_SECONDS}"
+                )
+        # In OIDC mode HS256 and its secret are not used at all.
+        elif len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(
                 f"CONTACTS_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
             )
@@ -144,7 +188,9 @@ class Settings:
             http_port=_int(env, "CONTACTS_HTTP_PORT", cls.http_port),
             envoy_admin_port=_int(env, "CONTACTS_ENVOY_ADMIN_PORT", cls.envoy_admin_port),
             database_url=env.get("CONTACTS_DATABASE_URL") or cls.database_url,
-            jwt_secret=env.get("CONTACTS_JWT_SECRET") or local_secret(),
+            # OIDC mode uses no secret, so none is made for it.
+            jwt_secret=env.get("CONTACTS_JWT_SECRET")
+            or ("" if env.get("CONTACTS_OIDC_ISSUER", "").strip() else local_secret()),
             rate_limit_create=_int(env, "CONTACTS_RATE_LIMIT_CREATE", cls.rate_limit_create),
             rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", cls.rate_limit_default),
             trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", LOOPBACK)),
@@ -162,4 +208,9 @@ class Settings:
             metrics_host=env.get("CONTACTS_METRICS_HOST", "").strip() or cls.metrics_host,
             drain_seconds=_int(env, "CONTACTS_DRAIN_SECONDS", int(cls.drain_seconds)),
             upstreams=_upstreams(env.get("CONTACTS_UPSTREAMS", "")),
+            oidc_issuer=env.get("CONTACTS_OIDC_ISSUER", "").strip(),
+            oidc_audience=env.get("CONTACTS_OIDC_AUDIENCE", "").strip(),
+            oidc_refresh_seconds=_int(
+                env, "CONTACTS_OIDC_REFRESH_SECONDS", cls.oidc_refresh_seconds, minimum=1
+            ),
         )

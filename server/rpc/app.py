@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import threading
 
@@ -15,7 +16,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from server.auth.tokens import Tokens
+from server.auth.oidc import verifier_for
+from server.auth.tokens import Verifier
 from server.contract import Contract, RateClass
 from server.data.keys import Keys
 from server.data.offload import Offload
@@ -25,7 +27,7 @@ from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
 from server.limits.slots import Slots
 from server.observability import metrics
 from server.rpc.interceptors.admission import AdmissionInterceptor
-from server.rpc.interceptors.auth import AuthInterceptor
+from server.rpc.interceptors.auth import AuthInterceptor, identify
 from server.rpc.interceptors.errors import ErrorInterceptor
 from server.rpc.interceptors.idempotency import IdempotencyInterceptor
 from server.rpc.interceptors.limits import RateLimitInterceptor
@@ -107,6 +109,8 @@ class App:
                 self.store, self.settings.threads, self.settings.database_url
             )
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
+            # One per process: its key set (OIDC) is fetched once for both doors.
+            verifier = verifier_for(self.settings)
             health_servicer = health_aio.HealthServicer()
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
@@ -125,6 +129,7 @@ class App:
                         # A port the kernel picks (0) is this process's alone.
                         self.reuse_port and port != 0,
                         health_servicer,
+                        verifier,
                         metered=bool(self.settings.metrics_port),
                     )
                 )
@@ -141,6 +146,7 @@ class App:
         probe.cancel()
         await offload.close()
         await buckets.close()
+        await verifier.close()
 
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
@@ -198,6 +204,7 @@ def build_server(
     buckets: Buckets,
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
+    verifier: Verifier,
     metered: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
@@ -206,25 +213,28 @@ def build_server(
     The client-address header is believed from settings.trusted_proxies only.
     """
     contract = Contract()
-    tokens = Tokens(settings.jwt_secret)
     limits = {
         RateClass.CREATE: settings.rate_limit_create,
         RateClass.GENERAL: settings.rate_limit_default,
     }
-    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies, tokens)
+    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies)
     # This port's call slots (Envoy's door has its own).
     slots = Slots(settings.max_calls, settings.max_calls_per_client)
     server = grpc.aio.server(
         # A call's way in, outermost first; each hop knows only the next.
         interceptors=[
             AdmissionInterceptor(
-                settings.read_timeout, slots, limiter.client, settings.stream_idle
+                settings.read_timeout,
+                slots,
+                limiter.client,
+                settings.stream_idle,
+                functools.partial(identify, verifier=verifier),
             ),
             CallInterceptor(limiter.client, metered, contract),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
             RestInterceptor(contract),
-            AuthInterceptor(tokens, contract),
+            AuthInterceptor(contract),
             # Keys belong to the client the limiter counts (token sub, else address).
             IdempotencyInterceptor(Keys(store), offload, limiter.client, contract),
         ],

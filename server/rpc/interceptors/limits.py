@@ -12,7 +12,6 @@ import grpc
 from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
-from server.auth.tokens import Tokens
 from server.contract import Contract, RateClass
 from server.errors import RateLimited
 from server.limits.buckets import Buckets
@@ -50,13 +49,11 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         contract: Contract,
         limits: dict[RateClass, int],
         trusted_proxies: Networks,
-        tokens: Tokens,
     ) -> None:
         self._buckets = buckets
         self._contract = contract
         self._limits = limits
         self._trusted = trusted_proxies
-        self._tokens = tokens
         self._refused = {rate: metrics.RATE_LIMITED.labels(rate.value) for rate in RateClass}
         self._is_trusted = functools.lru_cache(maxsize=1024)(self._trusts)
 
@@ -71,7 +68,7 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         return key
 
     def _client(self, context: grpc.aio.ServicerContext) -> str:
-        who = identity(context, self._tokens).caller
+        who = identity(context).caller
         if who is not None:
             return f"sub:{who.sub}"
         address = peer_address(context.peer() or "")
