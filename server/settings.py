@@ -117,6 +117,14 @@ def check_identity_url(name: str, url: str) -> str:
     raise SettingsError(f"{name} must be an https:// URL (http:// on loopback only), got {url!r}")
 
 
+def _path(env: Mapping[str, str], name: str) -> str:
+    """A file the service must read: refused at start if it cannot be."""
+    raw = env.get(name, "").strip()
+    if raw and not os.access(raw, os.R_OK):
+        raise SettingsError(f"{name}: cannot read {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     grpc_port: int = 50051
@@ -159,12 +167,32 @@ class Settings:
     # Seconds between fetches of the issuer's key set: a key it withdrew stops
     # working within this (CONTRACT.md: at least every 10 minutes).
     oidc_refresh_seconds: int = 300
+    # TLS on Envoy's port and the gRPC port (PEM files; both or neither), and the CA
+    # whose client certificates the gRPC port then requires (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # Plaintext grpc.health.v1 alone on this port, for probes that cannot speak TLS;
+    # 0: none (health is on the gRPC port, as every service is).
+    health_port: int = 0
 
     @property
     def oidc(self) -> bool:
         return bool(self.oidc_issuer)
 
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
     def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError(
+                "CONTACTS_TLS_CERT and CONTACTS_TLS_KEY go together: both or neither"
+            )
+        if self.tls_client_ca and not self.tls_cert:
+            raise SettingsError(
+                "CONTACTS_TLS_CLIENT_CA needs CONTACTS_TLS_CERT and CONTACTS_TLS_KEY"
+            )
         if self.oidc_issuer:
             check_identity_url("CONTACTS_OIDC_ISSUER", self.oidc_issuer)
             if not self.oidc_audience:
@@ -213,4 +241,8 @@ class Settings:
             oidc_refresh_seconds=_int(
                 env, "CONTACTS_OIDC_REFRESH_SECONDS", cls.oidc_refresh_seconds, minimum=1
             ),
+            tls_cert=_path(env, "CONTACTS_TLS_CERT"),
+            tls_key=_path(env, "CONTACTS_TLS_KEY"),
+            tls_client_ca=_path(env, "CONTACTS_TLS_CLIENT_CA"),
+            health_port=_int(env, "CONTACTS_HEALTH_PORT", cls.health_port),
         )

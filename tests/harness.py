@@ -216,9 +216,13 @@ class Stack(Server):
         workdir: Path,
         workers: int = 1,
         command: tuple[str, ...] = RUN,
+        ca: Path | None = None,
     ) -> None:
         self.http_port, self.admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        # With a CA (its certificate's), Envoy's port is spoken to in TLS only.
+        self.verify: str | bool = str(ca) if ca is not None else True
+        scheme = "https" if ca is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
         ports = {
             "CONTACTS_HTTP_PORT": str(self.http_port),
             "CONTACTS_ENVOY_ADMIN_PORT": str(self.admin_port),
@@ -228,7 +232,7 @@ class Stack(Server):
     def _wait_ready(self) -> None:
         def answers() -> bool:
             url = f"{self.url}/contacts/{uuid.uuid4()}"
-            return _local.get(url, timeout=2).status_code == 404
+            return _local.get(url, timeout=2, verify=self.verify).status_code == 404
 
         wait_for(answers, 30, "the stack to answer", self.process)
 

@@ -19,9 +19,10 @@ from pathlib import Path
 from string import Template
 
 from server import rest
+from server.certificates import CertificateFiles
 from server.contract import Contract
 from server.observability import exposition
-from server.process import endpoints
+from server.process import endpoints, sds
 from server.process.supervisor import Supervisor
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
 
@@ -92,9 +93,11 @@ def render_envoy_config(
     admin_port: int,
     http_address: str = "0.0.0.0",
     log_format: str = "text",
+    tls_secret: Path | None = None,
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
-    the file at a Path lists (see endpoints.discovery)."""
+    the file at a Path lists (see endpoints.discovery); with tls_secret (an SDS file,
+    server/process/sds.py), its port speaks TLS only."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     reads, creates = resendable()
     return template.substitute(
@@ -111,7 +114,37 @@ def render_envoy_config(
         docs_path=ENVOY_DIR,
         swagger_ui_path=SWAGGER_UI,
         access_log_format=ACCESS_LOG_FORMATS[log_format],
+        downstream_tls=json.dumps(downstream_tls(tls_secret)),
     )
+
+
+TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+
+
+def downstream_tls(secret: Path | None) -> dict[str, object] | None:
+    """The listener's transport socket: TLS with the certificate in the SDS file `secret`
+    (Envoy watches its directory for the rename that replaces it), or None: plaintext."""
+    if secret is None:
+        return None
+    source = {
+        "path_config_source": {
+            "path": str(secret),
+            "watched_directory": {"path": str(secret.parent)},
+        },
+        "resource_api_version": "V3",
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TLS_TYPES + "DownstreamTlsContext",
+            "common_tls_context": {
+                "alpn_protocols": ["h2", "http/1.1"],
+                "tls_certificate_sds_secret_configs": [
+                    {"name": sds.SECRET_NAME, "sds_config": source}
+                ],
+            },
+        },
+    }
 
 
 def render_rest_lua() -> str:
@@ -163,9 +196,17 @@ def endpoints_file(settings: Settings) -> Path:
     return DATA_DIR / f"envoy-{settings.http_port}-endpoints" / "endpoints.json"
 
 
-def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
+def tls_folder(settings: Settings) -> Path:
+    """Where Envoy's certificate (an SDS file) is kept, one per HTTP port."""
+    return DATA_DIR / f"envoy-{settings.http_port}-tls"
+
+
+def write_envoy_config(
+    settings: Settings, servers: Upstreams | Path, files: CertificateFiles | None = None
+) -> Path:
     """Envoy's config in front of `servers` (see endpoints.discovery); a file of
-    endpoints that does not exist yet is made, listing none."""
+    endpoints that does not exist yet is made, listing none. With TLS configured,
+    the certificate (from `files`, else read now) goes to Envoy's SDS file."""
     if isinstance(servers, Path) and not servers.exists():
         endpoints.write(servers, [])
     # One file per HTTP port, so that stacks side by side keep their own, and
@@ -173,6 +214,10 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
     # its Envoy with.
     alone = "" if isinstance(servers, Path) else "-alone"
     path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
+    secret = None
+    if settings.tls:
+        files = files or CertificateFiles(settings.tls_cert, settings.tls_key)
+        secret = sds.write(tls_folder(settings), files.current)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
@@ -180,6 +225,7 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
             settings.http_port,
             settings.envoy_admin_port,
             log_format=settings.log_format,
+            tls_secret=secret,
         )
     )
     return path
@@ -262,9 +308,13 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
         ports += [(settings.http_port, ""), (settings.envoy_admin_port, "127.0.0.1")]
     for port, host in ports:  # first: a stack running on these ports keeps its files
         check_free(port, host)
+    # Checked here, once: a certificate and key that do not match stop the start.
+    files = CertificateFiles(settings.tls_cert, settings.tls_key) if settings.tls else None
     command = None
     if envoy:
-        config = write_envoy_config(settings, upstreams_of(settings) if listed is None else listed)
+        config = write_envoy_config(
+            settings, upstreams_of(settings) if listed is None else listed, files
+        )
         validate_envoy_config(config)
         command = envoy_command(config)
     if workers:
@@ -284,6 +334,10 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             else ", ".join(f"{host}:{port}" for host, port in upstreams_of(settings)),
         )
     with contextlib.ExitStack() as cleanup:
+        if envoy and files is not None:  # Envoy's certificate follows renewals
+            keeper = sds.Keeper(files, tls_folder(settings))
+            keeper.start()
+            cleanup.callback(keeper.stop)
         shared = None  # the directory the workers' metrics files go to
         if settings.metrics_port and workers:
             shared = cleanup.enter_context(metrics_directory())

@@ -26,6 +26,7 @@ from server.errors import StoreUnavailable
 from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
 from server.limits.slots import Slots
 from server.observability import metrics
+from server.rpc.credentials import server_credentials
 from server.rpc.interceptors.admission import AdmissionInterceptor
 from server.rpc.interceptors.auth import AuthInterceptor, identify
 from server.rpc.interceptors.errors import ErrorInterceptor
@@ -111,13 +112,14 @@ class App:
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             # One per process: its key set (OIDC) is fetched once for both doors.
             verifier = verifier_for(self.settings)
+            credentials = server_credentials(self.settings)
             health_servicer = health_aio.HealthServicer()
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
-            for host, port, trusted in (
-                (self.host, self.settings.grpc_port, ()),
-                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies),
+            for host, port, trusted, secured in (
+                (self.host, self.settings.grpc_port, (), credentials),
+                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies, None),
             ):
                 servers.append(
                     build_server(
@@ -130,9 +132,12 @@ class App:
                         self.reuse_port and port != 0,
                         health_servicer,
                         verifier,
+                        secured,
                         metered=bool(self.settings.metrics_port),
                     )
                 )
+            if self.settings.health_port:
+                servers.append(self._health_only(health_servicer))
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
             for server, _ in servers:
                 await server.start()
@@ -147,6 +152,19 @@ class App:
         await offload.close()
         await buckets.close()
         await verifier.close()
+
+    def _health_only(
+        self, health_servicer: health_aio.HealthServicer
+    ) -> tuple[grpc.aio.Server, int]:
+        """grpc.health.v1 alone, in plaintext, for probes that cannot speak TLS (the
+        kubelet's): it tells whether the server serves, and nothing else."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", int(self.reuse_port))])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = f"{self.host}:{self.settings.health_port}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return server, port
 
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
@@ -205,12 +223,14 @@ def build_server(
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
     verifier: Verifier,
+    credentials: grpc.ServerCredentials | None = None,
     metered: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
     The client-address header is believed from settings.trusted_proxies only.
+    With credentials the port speaks TLS only.
     """
     contract = Contract()
     limits = {
@@ -260,7 +280,10 @@ def build_server(
     )
     # A Unix socket ("unix:/path": `run`'s door for its Envoy), or a host's port.
     address = host if host.startswith("unix:") else f"{host}:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port
