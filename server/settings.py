@@ -172,6 +172,15 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    # The CA that signed tls_cert: what `python -m server envoy` trusts the servers by,
+    # and what the servers check Envoy's certificate against without tls_client_ca.
+    tls_ca: str = ""
+    # What Envoy presents to servers on other hosts (default: tls_cert and tls_key),
+    # and the name that certificate must carry for a server to believe the client
+    # address Envoy writes.
+    tls_proxy_cert: str = ""
+    tls_proxy_key: str = ""
+    tls_proxy_name: str = "contacts-envoy"
     # Plaintext grpc.health.v1 alone on this port, for probes that cannot speak TLS;
     # 0: none (health is on the gRPC port, as every service is).
     health_port: int = 0
@@ -184,15 +193,27 @@ class Settings:
     def tls(self) -> bool:
         return bool(self.tls_cert)
 
+    @property
+    def proxy_ca(self) -> str:
+        """The CA Envoy's certificate is checked against on the proxy port."""
+        return self.tls_client_ca or self.tls_ca
+
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise SettingsError(
                 "CONTACTS_TLS_CERT and CONTACTS_TLS_KEY go together: both or neither"
             )
-        if self.tls_client_ca and not self.tls_cert:
+        if bool(self.tls_proxy_cert) != bool(self.tls_proxy_key):
             raise SettingsError(
-                "CONTACTS_TLS_CLIENT_CA needs CONTACTS_TLS_CERT and CONTACTS_TLS_KEY"
+                "CONTACTS_TLS_PROXY_CERT and CONTACTS_TLS_PROXY_KEY go together: both or neither"
             )
+        for name, value in (
+            ("CONTACTS_TLS_CLIENT_CA", self.tls_client_ca),
+            ("CONTACTS_TLS_CA", self.tls_ca),
+            ("CONTACTS_TLS_PROXY_CERT", self.tls_proxy_cert),
+        ):
+            if value and not self.tls_cert:
+                raise SettingsError(f"{name} needs CONTACTS_TLS_CERT and CONTACTS_TLS_KEY")
         if self.oidc_issuer:
             check_identity_url("CONTACTS_OIDC_ISSUER", self.oidc_issuer)
             if not self.oidc_audience:
@@ -244,5 +265,9 @@ class Settings:
             tls_cert=_path(env, "CONTACTS_TLS_CERT"),
             tls_key=_path(env, "CONTACTS_TLS_KEY"),
             tls_client_ca=_path(env, "CONTACTS_TLS_CLIENT_CA"),
+            tls_ca=_path(env, "CONTACTS_TLS_CA"),
+            tls_proxy_cert=_path(env, "CONTACTS_TLS_PROXY_CERT"),
+            tls_proxy_key=_path(env, "CONTACTS_TLS_PROXY_KEY"),
+            tls_proxy_name=env.get("CONTACTS_TLS_PROXY_NAME", "").strip() or cls.tls_proxy_name,
             health_port=_int(env, "CONTACTS_HEALTH_PORT", cls.health_port),
         )

@@ -130,6 +130,8 @@ class Server:
         self.metrics_port = int(env.get("CONTACTS_METRICS_PORT", free_port()))
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.proxy_port = free_port()
+        # Readiness is asked in plaintext: of the health port, when there is one (TLS).
+        self.health_port = int(env.get("CONTACTS_HEALTH_PORT") or self.port)
         argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
         environment = {
@@ -150,7 +152,7 @@ class Server:
             raise RuntimeError(f"{error}; the server's log:\n{self.log_tail()}") from None
 
     def _wait_ready(self) -> None:
-        wait_for(lambda: health_serving(self.port), 30, "health", self.process)
+        wait_for(lambda: health_serving(self.health_port), 30, "health", self.process)
 
     def ports(self) -> list[int]:
         return [self.port, self.proxy_port, self.metrics_port]

@@ -17,18 +17,25 @@ from pathlib import Path
 
 from server.certificates import CHECK_EVERY, CertificateFiles, Pair
 
-SECRET_NAME = "contacts_tls"
-FILE_NAME = "sds.json"
+# The secrets Envoy reads, each in its own file: its listener's certificate, and the
+# one it presents to servers on other hosts (`python -m server envoy`).
+LISTENER = "contacts_tls"
+UPSTREAM = "contacts_proxy_tls"
 
 
-def write(folder: Path, pair: Pair) -> Path:
-    """The SDS file for `pair` in folder, replaced in one rename (the move Envoy watches)."""
+def path_of(folder: Path, name: str) -> Path:
+    return folder / f"{name}.json"
+
+
+def write(folder: Path, name: str, pair: Pair) -> Path:
+    """The SDS file of secret `name` holding `pair`, replaced in one rename (the move
+    Envoy watches for)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     document = {
         "resources": [
             {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
-                "name": SECRET_NAME,
+                "name": name,
                 "tls_certificate": {
                     "certificate_chain": {"inline_string": pair.chain.decode()},
                     "private_key": {"inline_string": pair.key.decode()},
@@ -36,7 +43,7 @@ def write(folder: Path, pair: Pair) -> Path:
             }
         ]
     }
-    path, draft = folder / FILE_NAME, folder / f".{FILE_NAME}.draft"
+    path, draft = path_of(folder, name), folder / f".{name}.draft"
     fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         json.dump(document, out)
@@ -45,11 +52,11 @@ def write(folder: Path, pair: Pair) -> Path:
 
 
 class Keeper:
-    """A thread that rewrites the SDS file whenever the certificate files are renewed."""
+    """A thread that rewrites each secret's SDS file whenever its files are renewed."""
 
-    def __init__(self, files: CertificateFiles, folder: Path) -> None:
-        self._files = files
+    def __init__(self, folder: Path, secrets: dict[str, CertificateFiles]) -> None:
         self._folder = folder
+        self._secrets = secrets
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._keep, name="tls-keeper", daemon=True)
 
@@ -62,6 +69,7 @@ class Keeper:
 
     def _keep(self) -> None:
         while not self._stop.wait(CHECK_EVERY):
-            renewed = self._files.renewed()
-            if renewed is not None:
-                write(self._folder, renewed)
+            for name, files in self._secrets.items():
+                renewed = files.renewed()
+                if renewed is not None:
+                    write(self._folder, name, renewed)

@@ -93,11 +93,12 @@ def render_envoy_config(
     admin_port: int,
     http_address: str = "0.0.0.0",
     log_format: str = "text",
-    tls_secret: Path | None = None,
+    tls: tuple[Path, str] | None = None,
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
-    the file at a Path lists (see endpoints.discovery); with tls_secret (an SDS file,
-    server/process/sds.py), its port speaks TLS only."""
+    the file at a Path lists (see endpoints.discovery). With tls (the folder of its SDS
+    files, server/process/sds.py, and the CA of the servers' certificates) its port
+    speaks TLS only, and it reaches servers at host:port pairs over mutual TLS."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     reads, creates = resendable()
     return template.substitute(
@@ -114,36 +115,56 @@ def render_envoy_config(
         docs_path=ENVOY_DIR,
         swagger_ui_path=SWAGGER_UI,
         access_log_format=ACCESS_LOG_FORMATS[log_format],
-        downstream_tls=json.dumps(downstream_tls(tls_secret)),
+        downstream_tls=json.dumps(downstream_tls(tls)),
+        upstream_tls=json.dumps(None if isinstance(servers, Path) else upstream_tls(tls)),
     )
 
 
 TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
 
 
-def downstream_tls(secret: Path | None) -> dict[str, object] | None:
-    """The listener's transport socket: TLS with the certificate in the SDS file `secret`
-    (Envoy watches its directory for the rename that replaces it), or None: plaintext."""
-    if secret is None:
-        return None
+def _sds(folder: Path, name: str) -> dict[str, object]:
+    """A secret from its SDS file; Envoy watches the folder for the rename that replaces it."""
     source = {
         "path_config_source": {
-            "path": str(secret),
-            "watched_directory": {"path": str(secret.parent)},
+            "path": str(sds.path_of(folder, name)),
+            "watched_directory": {"path": str(folder)},
         },
         "resource_api_version": "V3",
+    }
+    return {"name": name, "sds_config": source}
+
+
+def downstream_tls(tls: tuple[Path, str] | None) -> dict[str, object] | None:
+    """The listener's transport socket: TLS with ALPN h2 and http/1.1, or None: plaintext."""
+    if tls is None:
+        return None
+    context = {
+        "alpn_protocols": ["h2", "http/1.1"],
+        "tls_certificate_sds_secret_configs": [_sds(tls[0], sds.LISTENER)],
     }
     return {
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": TLS_TYPES + "DownstreamTlsContext",
-            "common_tls_context": {
-                "alpn_protocols": ["h2", "http/1.1"],
-                "tls_certificate_sds_secret_configs": [
-                    {"name": sds.SECRET_NAME, "sds_config": source}
-                ],
-            },
+            "common_tls_context": context,
         },
+    }
+
+
+def upstream_tls(tls: tuple[Path, str] | None) -> dict[str, object] | None:
+    """The servers' transport socket: Envoy's certificate presented (mutual TLS), theirs
+    checked against the CA; h2 by ALPN, which a grpc server requires. None: plaintext."""
+    if tls is None:
+        return None
+    context = {
+        "alpn_protocols": ["h2"],
+        "tls_certificate_sds_secret_configs": [_sds(tls[0], sds.UPSTREAM)],
+        "validation_context": {"trusted_ca": {"filename": tls[1]}},
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": TLS_TYPES + "UpstreamTlsContext", "common_tls_context": context},
     }
 
 
@@ -201,12 +222,27 @@ def tls_folder(settings: Settings) -> Path:
     return DATA_DIR / f"envoy-{settings.http_port}-tls"
 
 
+def envoy_secrets(settings: Settings, servers: Upstreams | Path) -> dict[str, CertificateFiles]:
+    """Envoy's certificates, by secret: its port's and, in front of servers on other
+    hosts, the one it presents to them. None without TLS. Unusable files stop the start."""
+    if not settings.tls:
+        return {}
+    secrets = {sds.LISTENER: CertificateFiles(settings.tls_cert, settings.tls_key)}
+    if not isinstance(servers, Path):
+        secrets[sds.UPSTREAM] = CertificateFiles(
+            settings.tls_proxy_cert or settings.tls_cert, settings.tls_proxy_key or settings.tls_key
+        )
+    return secrets
+
+
 def write_envoy_config(
-    settings: Settings, servers: Upstreams | Path, files: CertificateFiles | None = None
+    settings: Settings,
+    servers: Upstreams | Path,
+    secrets: dict[str, CertificateFiles] | None = None,
 ) -> Path:
     """Envoy's config in front of `servers` (see endpoints.discovery); a file of
-    endpoints that does not exist yet is made, listing none. With TLS configured,
-    the certificate (from `files`, else read now) goes to Envoy's SDS file."""
+    endpoints that does not exist yet is made, listing none. With TLS configured, its
+    certificates (`secrets`, else read now) go to its SDS files."""
     if isinstance(servers, Path) and not servers.exists():
         endpoints.write(servers, [])
     # One file per HTTP port, so that stacks side by side keep their own, and
@@ -214,10 +250,11 @@ def write_envoy_config(
     # its Envoy with.
     alone = "" if isinstance(servers, Path) else "-alone"
     path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
-    secret = None
+    tls = None
     if settings.tls:
-        files = files or CertificateFiles(settings.tls_cert, settings.tls_key)
-        secret = sds.write(tls_folder(settings), files.current)
+        for name, files in (secrets or envoy_secrets(settings, servers)).items():
+            sds.write(tls_folder(settings), name, files.current)
+        tls = (tls_folder(settings), settings.tls_ca)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
@@ -225,7 +262,7 @@ def write_envoy_config(
             settings.http_port,
             settings.envoy_admin_port,
             log_format=settings.log_format,
-            tls_secret=secret,
+            tls=tls,
         )
     )
     return path
@@ -270,6 +307,23 @@ def check_workers(settings: Settings, workers: int, shared_door: bool = True) ->
         )
 
 
+def check_tls(settings: Settings, workers: int, envoy: bool) -> None:
+    """With TLS, Envoy and servers on other hosts must be able to check each other."""
+    if not settings.tls:
+        return
+    if workers and not envoy and not settings.proxy_ca:
+        raise SettingsError(
+            "`serve` with TLS takes Envoy's calls over mutual TLS: set CONTACTS_TLS_CA (the CA "
+            "that signed the certificates) or CONTACTS_TLS_CLIENT_CA"
+        )
+    if envoy and not workers and not settings.tls_ca:
+        raise SettingsError(
+            "`envoy` with TLS reaches the servers over mutual TLS: set CONTACTS_TLS_CA (the CA "
+            "that signed their certificates)"
+        )
+    CertificateFiles(settings.tls_cert, settings.tls_key)  # a mismatched pair stops the start
+
+
 def check_free(port: int, host: str = "") -> None:
     """Refuses a port some process listens on now. The servers share theirs through
     SO_REUSEPORT (and Envoy its own), so a leftover of an earlier run would
@@ -308,13 +362,13 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
         ports += [(settings.http_port, ""), (settings.envoy_admin_port, "127.0.0.1")]
     for port, host in ports:  # first: a stack running on these ports keeps its files
         check_free(port, host)
-    # Checked here, once: a certificate and key that do not match stop the start.
-    files = CertificateFiles(settings.tls_cert, settings.tls_key) if settings.tls else None
+    check_tls(settings, workers, envoy)
+    secrets: dict[str, CertificateFiles] = {}
     command = None
     if envoy:
-        config = write_envoy_config(
-            settings, upstreams_of(settings) if listed is None else listed, files
-        )
+        servers = upstreams_of(settings) if listed is None else listed
+        secrets = envoy_secrets(settings, servers)
+        config = write_envoy_config(settings, servers, secrets)
         validate_envoy_config(config)
         command = envoy_command(config)
     if workers:
@@ -334,8 +388,8 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             else ", ".join(f"{host}:{port}" for host, port in upstreams_of(settings)),
         )
     with contextlib.ExitStack() as cleanup:
-        if envoy and files is not None:  # Envoy's certificate follows renewals
-            keeper = sds.Keeper(files, tls_folder(settings))
+        if secrets:  # Envoy's certificates follow renewals
+            keeper = sds.Keeper(tls_folder(settings), secrets)
             keeper.start()
             cleanup.callback(keeper.stop)
         shared = None  # the directory the workers' metrics files go to

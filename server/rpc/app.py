@@ -112,14 +112,30 @@ class App:
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             # One per process: its key set (OIDC) is fetched once for both doors.
             verifier = verifier_for(self.settings)
-            credentials = server_credentials(self.settings)
+            settings = self.settings
+            credentials = server_credentials(settings, settings.tls_client_ca)
+            # Envoy's door on a port (`serve`, for an Envoy on another host): mutual TLS,
+            # and the client address believed from a certificate naming Envoy. `run`'s
+            # doors are Unix sockets only the service's user can open.
+            proxy_tls = (
+                server_credentials(settings, settings.proxy_ca)
+                if settings.proxy_ca and not self.proxy_host.startswith("unix:")
+                else None
+            )
             health_servicer = health_aio.HealthServicer()
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
-            for host, port, trusted, secured in (
-                (self.host, self.settings.grpc_port, (), credentials),
-                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies, None),
+            proxy_name = settings.tls_proxy_name if proxy_tls is not None else None
+            for host, port, trusted, secured, envoy_name in (
+                (self.host, settings.grpc_port, (), credentials, None),
+                (
+                    self.proxy_host,
+                    settings.proxy_port,
+                    settings.trusted_proxies,
+                    proxy_tls,
+                    proxy_name,
+                ),
             ):
                 servers.append(
                     build_server(
@@ -133,6 +149,7 @@ class App:
                         health_servicer,
                         verifier,
                         secured,
+                        envoy_name,
                         metered=bool(self.settings.metrics_port),
                     )
                 )
@@ -224,20 +241,22 @@ def build_server(
     health_servicer: health_aio.HealthServicer,
     verifier: Verifier,
     credentials: grpc.ServerCredentials | None = None,
+    proxy_name: str | None = None,
     metered: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
-    The client-address header is believed from settings.trusted_proxies only.
-    With credentials the port speaks TLS only.
+    The client-address header is believed from settings.trusted_proxies only, or with
+    proxy_name, from a client certificate naming it alone. With credentials the port
+    speaks TLS only.
     """
     contract = Contract()
     limits = {
         RateClass.CREATE: settings.rate_limit_create,
         RateClass.GENERAL: settings.rate_limit_default,
     }
-    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies)
+    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies, proxy_name)
     # This port's call slots (Envoy's door has its own).
     slots = Slots(settings.max_calls, settings.max_calls_per_client)
     server = grpc.aio.server(

@@ -1,5 +1,6 @@
-"""The gRPC port's TLS: the service's certificate, renewed without a restart, and with
-CONTACTS_TLS_CLIENT_CA, a client certificate required of every caller (mutual TLS)."""
+"""The server's TLS: the service's certificate, renewed without a restart; on the gRPC
+port with CONTACTS_TLS_CLIENT_CA, and on Envoy's door (`serve`) always, a client
+certificate required of every caller (mutual TLS), and the names it carries."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from server.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
-    """None without a certificate (the port speaks plaintext)."""
+def server_credentials(settings: Settings, client_ca_path: str) -> grpc.ServerCredentials | None:
+    """None without a certificate (the port speaks plaintext); with client_ca_path, a
+    client certificate that CA signed is required."""
     if not settings.tls:
         return None
     files = CertificateFiles(settings.tls_cert, settings.tls_key)
     client_ca = None
-    if settings.tls_client_ca:
-        with open(settings.tls_client_ca, "rb") as ca:
+    if client_ca_path:
+        with open(client_ca_path, "rb") as ca:
             client_ca = ca.read()
 
     def configuration(pair: Pair) -> grpc.ServerCertificateConfiguration:
@@ -38,3 +40,11 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     return grpc.dynamic_ssl_server_credentials(
         configuration(files.current), fetch, require_client_authentication=client_ca is not None
     )
+
+
+def peer_names(context: grpc.aio.ServicerContext) -> list[str]:
+    """The names in the caller's verified client certificate (its DNS names and common
+    name); none without one."""
+    known = context.auth_context()
+    names = [*known.get("x509_subject_alternative_name", ()), *known.get("x509_common_name", ())]
+    return [name.decode(errors="replace") for name in names]
