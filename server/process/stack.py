@@ -356,6 +356,8 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     if workers:
         check_workers(settings, workers, shared_door=listed is None)
         ports.append((settings.grpc_port, ""))
+        if settings.health_port:
+            ports.append((settings.health_port, ""))
         if listed is None:
             ports.append((settings.proxy_port, ""))
     if envoy:
