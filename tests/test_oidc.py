@@ -212,6 +212,26 @@ def test_tokens_a_provider_would_not_issue_are_refused(
         assert_refused(door, token, why)
 
 
+def test_the_superuser_scope_holds_in_the_local_mode_too(rest: Rest, settings: Settings) -> None:
+    def token(sub: str, **claims: Any) -> str:
+        claims = {"sub": sub, "exp": int(time.time()) + 600, **claims}
+        return jwt.encode(claims, settings.jwt_secret, algorithm="HS256")
+
+    made = rest.post("/companies", token=token(f"o-{uuid.uuid4().hex[:6]}"), json={"name": "A"})
+    assert made.status_code == 201, made.text
+    path = f"/companies/{made.json()['id']}"
+    assert rest.get(path, token=token("someone")).status_code == 403
+    assert rest.get(path, token=token("admin", scope="openid contacts.admin")).status_code == 200
+    assert rest.get(path, token=token("admin", scp=["contacts.admin"])).status_code == 200
+
+
+def test_an_issuer_configured_with_a_trailing_slash(
+    settings: Settings, store: Store, issuer: Issuer, keys: dict[str, Key], tmp_path: Path
+) -> None:
+    with serving(settings, store, tmp_path, issuer.url + "/", envoy=False) as door:
+        assert door.grpc(issuer.token(keys["RS256"])) == (grpc.StatusCode.OK, "")
+
+
 def test_a_key_the_issuer_adds_is_accepted_within_15_s(door: Door, issuer: Issuer) -> None:
     rotated = Key.make("RS256")
     token = issuer.token(rotated)

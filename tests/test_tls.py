@@ -79,6 +79,16 @@ def test_grpc_with_a_client_certificate_is_served(tls_app: App, certificates: Ce
         assert missing.value.code() is grpc.StatusCode.NOT_FOUND
 
 
+def test_tokens_are_still_required_over_mutual_tls(
+    tls_app: App, certificates: Certificates
+) -> None:
+    with secure_channel(tls_app, certificates, certificates.client()) as channel:
+        stub = contacts_pb2_grpc.CompaniesServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListCompanies(contacts_pb2.ListCompaniesRequest(), timeout=5)
+        assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_grpc_without_a_trusted_client_certificate_is_refused(
     tls_app: App, certificates: Certificates
 ) -> None:
