@@ -81,6 +81,7 @@ class Issuer:
         self.jwks_body: bytes | None = None  # sent instead of the key set
         self.discovery_issuer: str | None = None  # named instead of the issuer
         self.jwks_uri: str | None = None  # named instead of its own key set
+        self.trickle = False  # the key set sent a byte a second
         self.fetches = 0  # key-set requests answered
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -123,7 +124,13 @@ class Issuer:
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not (issuer.trickle and self.path == "/jwks"):
+                    self.wfile.write(body)
+                    return
+                for byte in body[:30]:
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    time.sleep(1)
 
             def log_message(self, *args: Any) -> None:
                 pass

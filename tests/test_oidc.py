@@ -326,6 +326,21 @@ def test_an_unusable_answer_publishes_no_key(
         issuer.stop()
 
 
+def test_a_key_set_sent_a_byte_at_a_time_is_given_up_on(
+    settings: Settings, store: Store, tmp_path: Path
+) -> None:
+    key = Key.make("RS256")
+    issuer = Issuer([key])
+    issuer.trickle = True
+    try:
+        with serving(settings, store, tmp_path, issuer.url, envoy=False) as door:
+            started = time.monotonic()
+            assert door.grpc(issuer.token(key)) == (grpc.StatusCode.UNAVAILABLE, UNAVAILABLE)
+            assert time.monotonic() - started < 10
+    finally:
+        issuer.stop()
+
+
 def test_keys_of_unknown_types_are_skipped(
     settings: Settings, store: Store, tmp_path: Path
 ) -> None:

@@ -70,7 +70,7 @@ def _download(url: str) -> Any:
             body = bytearray()
             # Read in pieces, each within the time left: a server that trickles
             # cannot hold the fetch past its deadline.
-            while chunk := response.read(64 << 10):
+            while chunk := response.read1(64 << 10):  # what one receive brings
                 body += chunk
                 if len(body) > MAX_DOCUMENT_BYTES:
                     raise Unusable(f"{url}: larger than {MAX_DOCUMENT_BYTES} bytes")
@@ -192,9 +192,11 @@ class KeySet:
         finally:
             self._fetching = None
         self._reachable = True
+        named = [key.key_id or "(no kid)" for key in keys]
+        if named != [key.key_id or "(no kid)" for key in self._all]:
+            log.info("identity provider keys now: %s", ", ".join(named) or "none")
         self._all = keys
         self._by_kid = {key.key_id: key for key in keys if key.key_id is not None}
-        log.info("identity provider keys: %s", ", ".join(k.key_id or "(no kid)" for k in keys))
 
     def _read(self) -> tuple[jwt.PyJWK, ...]:
         """Discovery, then the key set it names (blocking: run on a thread)."""
