@@ -373,6 +373,13 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
         config = write_envoy_config(settings, servers, secrets)
         validate_envoy_config(config)
         command = envoy_command(config)
+    log.info(
+        "tokens: %s; %s",
+        f"{settings.oidc_issuer}'s (audience {settings.oidc_audience})"
+        if settings.oidc
+        else "HS256 with CONTACTS_JWT_SECRET",
+        f"TLS with {settings.tls_cert}" if settings.tls else "no TLS",
+    )
     if workers:
         log.info(
             "serving gRPC on :%d (Envoy's door %s) with %d worker process(es)",
