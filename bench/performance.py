@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import identity, report
 from bench.instructions import Count
 from bench.load import Load
 
@@ -51,6 +51,7 @@ def section(results: dict[str, Any] | None) -> str:
             results["unloaded"], results["memory_mib"], results.get("ceiling", []), rows
         ),
         report.observability_lines(results["observability"], counted),
+        *identity.lines(results.get("identity") or []),
     ]
     return "\n".join([BEGIN, "", conditions, "", "```text", *printed, "```", "", END])
 
