@@ -69,7 +69,8 @@ validate-envoy: $(STAMP) $(BUF)
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
 # and REST through Envoy (wrk), on SQLite and on PostgreSQL at PG_DSN (skipped,
 # loudly, without a server), then GetContact with metrics and logs on and off
-# (timed, and counted in instructions under valgrind). About 10 minutes;
+# (timed, and counted in instructions under valgrind), and GetContact with an
+# RS256 token against HS256 and over TLS against plaintext. About 12 minutes;
 # everything measured also goes to bench/results.json. h2load, wrk and valgrind
 # come from Debian, installed on first use.
 bench: $(STAMP)

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import identity, report
 from bench.instructions import Count
 from bench.load import Load
 
@@ -52,6 +52,7 @@ def section(results: dict[str, Any] | None) -> str:
         ),
         report.observability_lines(results["observability"], counted),
         *([report.compression_lines(results["compression"])] if results.get("compression") else []),
+        *identity.lines(results.get("identity") or []),
     ]
     return "\n".join([BEGIN, "", conditions, "", "```text", *printed, "```", "", END])
 

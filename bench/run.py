@@ -1,5 +1,7 @@
 """`make bench`: the contacts service against a bare grpcio baseline, on SQLite and on
-PostgreSQL, with 1 and 2 worker processes, over gRPC (h2load) and REST through Envoy (wrk).
+PostgreSQL, with 1 and 2 worker processes, over gRPC (h2load) and REST through Envoy (wrk);
+then GetContact with an RS256 token against HS256 and over TLS against plaintext
+(bench/identity.py).
 
     python -m bench [--duration 5] [--warmup 1] [--contacts 1000] [--workers 2]
                     [--backends sqlite,postgresql] [--postgres DSN] [--strict]
@@ -31,7 +33,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import instructions, performance, report
+from bench import identity, instructions, performance, report
 from bench.calls import Call, CheckFailed, Client, create_contact, get_contact, list_contacts
 from bench.load import Load, LoadError, h2load, wrk
 from server.auth.tokens import Tokens
@@ -60,6 +62,7 @@ class Run:
     observed: list[Row] = field(default_factory=list)  # GetContact, metrics and log on and off
     compressed: list[Row] = field(default_factory=list)  # REST reads, gzip accepted or not
     counted: instructions.Count | None = None  # the same, in instructions per call
+    identity: list[Row] = field(default_factory=list)  # RS256 vs HS256, TLS vs plaintext
 
 
 @dataclass(frozen=True)
@@ -318,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 with empty_database(Path(tmp), backend, args.postgres) as url:
                     measure_backend(run, backend, url, args.contacts, args.workers)
+            with empty_database(Path(tmp)) as url:
+                run.identity = identity.measure(load, Path(tmp), url)
     except (CheckFailed, LoadError, RuntimeError, TimeoutError, grpc.RpcError) as error:
         print(f"bench: FAILED: {error}", file=sys.stderr)
         return 1
@@ -340,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report.info_lines(run.quiet, run.memory_mib, run.ceiling, run.rows))
     print(report.observability_lines(run.observed, run.counted))
     print(report.compression_lines(run.compressed))
+    for line in identity.lines(run.identity):
+        print(line)
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -353,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "observability": run.observed,
         "compression": run.compressed,
         "instructions": asdict(run.counted) if run.counted else None,
+        "identity": run.identity,
         "row_cost_us": run.row_cost_us,
         "memory_mib": run.memory_mib,
         "skipped": skipped,
@@ -367,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{r['backend']} x{r['workers']} {r['rpc']} {r['door']}"
         for r in run.rows + run.quiet + run.observed
         if r["errors"]
-    ]
+    ] + [f"{r['config']} {r['door']} round {r['round']}" for r in run.identity if r["errors"]]
     if failed:
         print(f"bench: replies were errors in {', '.join(failed)}: see above", file=sys.stderr)
         return 1

@@ -58,6 +58,12 @@ def seed(settings: Settings, contacts: int, owner: str) -> int:
 def token(settings: Settings, sub: str, superuser: bool, lifetime: int) -> int:
     from server.auth.tokens import Tokens
 
+    if settings.oidc:
+        print(
+            f"CONTACTS_OIDC_ISSUER is set: tokens come from {settings.oidc_issuer}, not from here",
+            file=sys.stderr,
+        )
+        return 2
     try:
         print(Tokens(settings.jwt_secret).issue(sub, superuser=superuser, lifetime=lifetime))
     except ValueError as error:

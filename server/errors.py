@@ -88,6 +88,14 @@ class InvalidToken(NotAuthenticated):
     headers = (("www-authenticate", 'Bearer error="invalid_token"'),)
 
 
+class IdentityProviderUnavailable(exceptions.Unavailable):
+    """A token's key is not among those cached, and the issuer cannot be reached to
+    fetch them again: the server cannot tell, so it does not say 401."""
+
+    reason = "IDENTITY_PROVIDER_UNAVAILABLE"
+    details = "Identity provider unavailable"
+
+
 class NotCompanyOwner(exceptions.PermissionDenied):
     reason = "NOT_COMPANY_OWNER"
     details = "Not enough permissions to access this company\u2019s contacts"

@@ -21,6 +21,7 @@ DATA_DIR = PROJECT_ROOT / "data"
 # waits that long too (plus the drain) before it kills one.
 STOP_GRACE_SECONDS = 10.0
 MIN_SECRET_BYTES = 32
+MAX_KEY_REFRESH_SECONDS = 600
 
 
 class SettingsError(ValueError):
@@ -114,6 +115,36 @@ LOOPBACK = "127.0.0.0/8,::1/128"
 LOOPBACK_NETWORKS = _networks(LOOPBACK)
 
 
+def is_loopback_url(url: str) -> bool:
+    """Whether a URL's host is this machine (a loopback address, or localhost)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_identity_url(name: str, url: str) -> str:
+    """An issuer or key-set URL: https, or http on loopback only (a local provider);
+    anything else would let a network path forge the keys."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return url
+    if parts.scheme == "http" and is_loopback_url(url):
+        return url
+    raise SettingsError(f"{name} must be an https:// URL (http:// on loopback only), got {url!r}")
+
+
+def _path(env: Mapping[str, str], name: str) -> str:
+    """A file the service must read: refused at start if it cannot be."""
+    raw = env.get(name, "").strip()
+    if raw and not os.access(raw, os.R_OK):
+        raise SettingsError(f"{name}: cannot read {raw!r}")
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     grpc_port: int = 50051
@@ -160,16 +191,84 @@ class Settings:
     @property
     def page_token_key(self) -> bytes:
         """The key of page tokens: derived, so that the secret it comes from (the JWT
-        secret, unless CONTACTS_PAGE_TOKEN_SECRET is set) is never used as it is for
-        a second purpose."""
+        secret, unless CONTACTS_PAGE_TOKEN_SECRET is set, as OIDC mode requires) is
+        never used as it is for a second purpose."""
         secret = (self.page_token_secret or self.jwt_secret).encode()
         return hmac.new(secret, b"contacts.v1 ListContacts page tokens", hashlib.sha256).digest()
     # Browser origins whose pages may call the service (CORS, answered by Envoy);
     # empty: no CORS headers at all, so browsers keep other origins' pages out.
     cors_origins: tuple[str, ...] = ()
+    # OpenID Connect: tokens from this issuer's published keys, for this audience.
+    # Empty: HS256 tokens signed with jwt_secret (the local mode).
+    oidc_issuer: str = ""
+    oidc_audience: str = ""
+    # Seconds between fetches of the issuer's key set: a key it withdrew stops
+    # working within this (CONTRACT.md: at least every 10 minutes).
+    oidc_refresh_seconds: int = 300
+    # TLS on Envoy's port and the gRPC port (PEM files; both or neither), and the CA
+    # whose client certificates the gRPC port then requires (mutual TLS).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    # The CA that signed tls_cert: what `python -m server envoy` trusts the servers by,
+    # and what the servers check Envoy's certificate against without tls_client_ca.
+    tls_ca: str = ""
+    # What Envoy presents to servers on other hosts (default: tls_cert and tls_key),
+    # and the name that certificate must carry for a server to believe the client
+    # address Envoy writes.
+    tls_proxy_cert: str = ""
+    tls_proxy_key: str = ""
+    tls_proxy_name: str = "contacts-envoy"
+    # Plaintext grpc.health.v1 alone on this port, for probes that cannot speak TLS;
+    # 0: none (health is on the gRPC port, as every service is).
+    health_port: int = 0
+
+    @property
+    def oidc(self) -> bool:
+        return bool(self.oidc_issuer)
+
+    @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
+    def proxy_ca(self) -> str:
+        """The CA Envoy's certificate is checked against on the proxy port."""
+        return self.tls_client_ca or self.tls_ca
 
     def __post_init__(self) -> None:
-        if len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise SettingsError(
+                "CONTACTS_TLS_CERT and CONTACTS_TLS_KEY go together: both or neither"
+            )
+        if bool(self.tls_proxy_cert) != bool(self.tls_proxy_key):
+            raise SettingsError(
+                "CONTACTS_TLS_PROXY_CERT and CONTACTS_TLS_PROXY_KEY go together: both or neither"
+            )
+        for name, value in (
+            ("CONTACTS_TLS_CLIENT_CA", self.tls_client_ca),
+            ("CONTACTS_TLS_CA", self.tls_ca),
+            ("CONTACTS_TLS_PROXY_CERT", self.tls_proxy_cert),
+        ):
+            if value and not self.tls_cert:
+                raise SettingsError(f"{name} needs CONTACTS_TLS_CERT and CONTACTS_TLS_KEY")
+        if self.oidc_issuer:
+            check_identity_url("CONTACTS_OIDC_ISSUER", self.oidc_issuer)
+            if not self.oidc_audience:
+                # A provider's tokens for its other applications must not pass here.
+                raise SettingsError("CONTACTS_OIDC_AUDIENCE is required with CONTACTS_OIDC_ISSUER")
+            if not self.page_token_secret:
+                # No local secret exists in this mode to derive page tokens' key from,
+                # and one made up per process would make every host refuse the others'.
+                raise SettingsError(
+                    "CONTACTS_PAGE_TOKEN_SECRET is required with CONTACTS_OIDC_ISSUER"
+                )
+            if self.oidc_refresh_seconds > MAX_KEY_REFRESH_SECONDS:
+                raise SettingsError(
+                    f"CONTACTS_OIDC_REFRESH_SECONDS is at most {MAX_KEY_REFRESH_SECONDS}"
+                )
+        # In OIDC mode HS256 and its secret are not used at all.
+        elif len(self.jwt_secret.encode()) < MIN_SECRET_BYTES:
             raise SettingsError(
                 f"CONTACTS_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes long"
             )
@@ -190,7 +289,9 @@ class Settings:
             http_port=_int(env, "CONTACTS_HTTP_PORT", cls.http_port),
             envoy_admin_port=_int(env, "CONTACTS_ENVOY_ADMIN_PORT", cls.envoy_admin_port),
             database_url=env.get("CONTACTS_DATABASE_URL") or cls.database_url,
-            jwt_secret=env.get("CONTACTS_JWT_SECRET") or local_secret(),
+            # OIDC mode uses no secret, so none is made for it.
+            jwt_secret=env.get("CONTACTS_JWT_SECRET")
+            or ("" if env.get("CONTACTS_OIDC_ISSUER", "").strip() else local_secret()),
             rate_limit_create=_int(env, "CONTACTS_RATE_LIMIT_CREATE", cls.rate_limit_create),
             rate_limit_default=_int(env, "CONTACTS_RATE_LIMIT_DEFAULT", cls.rate_limit_default),
             trusted_proxies=_networks(env.get("CONTACTS_TRUSTED_PROXIES", LOOPBACK)),
@@ -212,4 +313,17 @@ class Settings:
             nats_url=env.get("CONTACTS_NATS_URL", "").strip(),
             events_max_age=_int(env, "CONTACTS_EVENTS_MAX_AGE", cls.events_max_age, minimum=1),
             cors_origins=_origins(env.get("CONTACTS_CORS_ORIGINS", "")),
+            oidc_issuer=env.get("CONTACTS_OIDC_ISSUER", "").strip(),
+            oidc_audience=env.get("CONTACTS_OIDC_AUDIENCE", "").strip(),
+            oidc_refresh_seconds=_int(
+                env, "CONTACTS_OIDC_REFRESH_SECONDS", cls.oidc_refresh_seconds, minimum=1
+            ),
+            tls_cert=_path(env, "CONTACTS_TLS_CERT"),
+            tls_key=_path(env, "CONTACTS_TLS_KEY"),
+            tls_client_ca=_path(env, "CONTACTS_TLS_CLIENT_CA"),
+            tls_ca=_path(env, "CONTACTS_TLS_CA"),
+            tls_proxy_cert=_path(env, "CONTACTS_TLS_PROXY_CERT"),
+            tls_proxy_key=_path(env, "CONTACTS_TLS_PROXY_KEY"),
+            tls_proxy_name=env.get("CONTACTS_TLS_PROXY_NAME", "").strip() or cls.tls_proxy_name,
+            health_port=_int(env, "CONTACTS_HEALTH_PORT", cls.health_port),
         )

@@ -130,6 +130,8 @@ class Server:
         self.metrics_port = int(env.get("CONTACTS_METRICS_PORT", free_port()))
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         self.proxy_port = free_port()
+        # Readiness is asked in plaintext: of the health port, when there is one (TLS).
+        self.health_port = int(env.get("CONTACTS_HEALTH_PORT") or self.port)
         argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
         environment = {
@@ -150,7 +152,7 @@ class Server:
             raise RuntimeError(f"{error}; the server's log:\n{self.log_tail()}") from None
 
     def _wait_ready(self) -> None:
-        wait_for(lambda: health_serving(self.port), 30, "health", self.process)
+        wait_for(lambda: health_serving(self.health_port), 30, "health", self.process)
 
     def ports(self) -> list[int]:
         return [self.port, self.proxy_port, self.metrics_port]
@@ -216,9 +218,13 @@ class Stack(Server):
         workdir: Path,
         workers: int = 1,
         command: tuple[str, ...] = RUN,
+        ca: Path | None = None,
     ) -> None:
         self.http_port, self.admin_port = free_port(), free_port()
-        self.url = f"http://127.0.0.1:{self.http_port}"
+        # With a CA (its certificate's), Envoy's port is spoken to in TLS only.
+        self.verify: str | bool = str(ca) if ca is not None else True
+        scheme = "https" if ca is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.http_port}"
         ports = {
             "CONTACTS_HTTP_PORT": str(self.http_port),
             "CONTACTS_ENVOY_ADMIN_PORT": str(self.admin_port),
@@ -228,7 +234,7 @@ class Stack(Server):
     def _wait_ready(self) -> None:
         def answers() -> bool:
             url = f"{self.url}/contacts/{uuid.uuid4()}"
-            return _local.get(url, timeout=2).status_code == 404
+            return _local.get(url, timeout=2, verify=self.verify).status_code == 404
 
         wait_for(answers, 30, "the stack to answer", self.process)
 

@@ -30,8 +30,7 @@ def bad_tokens(secret: str) -> dict[str, str]:
     later = int(time.time()) + 600
     return {
         "garbage": "Bearer not.a.jwt",
-        "alg none": "Bearer "
-        + jwt.encode({"sub": "mallory", "exp": later}, None, algorithm="none"),
+        "alg none": "Bearer " + jwt.encode({"sub": "mallory", "exp": later}, "", algorithm="none"),
         "bad signature": "Bearer "
         + jwt.encode({"sub": "alice", "exp": later}, "x" * 48, algorithm="HS256"),
         "other algorithm": "Bearer "

@@ -1,12 +1,15 @@
-"""Bearer tokens (HS256 JWTs) and the ownership rules built on the caller they name."""
+"""Bearer tokens: the claims every token must hold, the local HS256 kind, and the
+ownership rules built on the caller they name. Tokens from an identity provider
+are verified by server/auth/oidc.py against the same claim rules."""
 
 from __future__ import annotations
 
 import functools
 import time
 import unicodedata
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import jwt
 
@@ -42,10 +45,64 @@ class Identity:
 
     caller: Caller | None  # None: no token was sent, or it was refused
     refused: bool = False  # a token was sent and is not valid
+    # A token was sent whose key could not be had: the identity provider is down.
+    unavailable: bool = False
 
 
 ANONYMOUS = Identity(None)
 REFUSED = Identity(None, refused=True)
+UNVERIFIABLE = Identity(None, refused=True, unavailable=True)
+
+SUPERUSER_SCOPE = "contacts.admin"
+
+
+class Verifier(Protocol):
+    """What the auth hop needs of a kind of token."""
+
+    async def caller(self, authorization: str) -> Caller:
+        """The caller an `Authorization` value names; InvalidToken, or
+        IdentityProviderUnavailable when the key to check it cannot be had."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def bearer(authorization: str) -> str:
+    """The token of an `Authorization: Bearer <JWT>` value; InvalidToken otherwise."""
+    scheme, _, token = authorization.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or " " in token or "," in token:
+        raise InvalidToken()
+    return token
+
+
+def is_superuser(claims: Mapping[str, Any]) -> bool:
+    """`is_superuser: true`, or contacts.admin among the space-separated `scope` (or
+    the `scp` claim: an array at Okta, a space-separated string at Entra ID)."""
+    if claims.get("is_superuser") is True:
+        return True
+    for name in ("scope", "scp"):
+        granted = claims.get(name)
+        if isinstance(granted, str):
+            granted = granted.split()
+        if isinstance(granted, list) and SUPERUSER_SCOPE in granted:
+            return True
+    return False
+
+
+def caller_of(claims: Mapping[str, Any], now: float) -> tuple[Caller, float]:
+    """The caller and expiry of claims whose signature held; InvalidToken if they do
+    not make a usable caller (the rules of both modes)."""
+    sub, expires = claims.get("sub"), claims.get("exp")
+    if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
+        raise InvalidToken()
+    if any(unicodedata.category(c) in _REFUSED_IN_SUB for c in sub):
+        raise InvalidToken()
+    if not isinstance(expires, int | float) or isinstance(expires, bool):
+        raise InvalidToken()
+    if expires > now + MAX_LIFETIME_SECONDS:
+        raise InvalidToken()
+    return Caller(sub=sub, is_superuser=is_superuser(claims)), float(expires)
 
 
 class Owned(Protocol):
@@ -68,7 +125,7 @@ def require_superuser(who: Caller) -> None:
 
 
 class Tokens:
-    """Signs and verifies the service's bearer tokens.
+    """Signs and verifies the local mode's bearer tokens (HS256, one shared secret).
 
     A client sends the same token with every call until it expires, so the
     signature check of a token is done once and remembered; expiry is still
@@ -89,14 +146,16 @@ class Tokens:
 
     def verify(self, authorization: str) -> Caller:
         """The caller named by an `Authorization: Bearer <JWT>` value; InvalidToken otherwise."""
-        scheme, _, token = authorization.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token or " " in token or "," in token:
-            raise InvalidToken()
-        who, expires = self._decode(token)
+        who, expires = self._decode(bearer(authorization))
         if expires + LEEWAY_SECONDS < time.time():
             raise InvalidToken()
         return who
+
+    async def caller(self, authorization: str) -> Caller:
+        return self.verify(authorization)
+
+    async def close(self) -> None:
+        pass
 
     def _decode_once(self, token: str) -> tuple[Caller, float]:
         """The caller and expiry of a token whose signature and claims hold; raises otherwise
@@ -111,13 +170,4 @@ class Tokens:
             )
         except jwt.PyJWTError:
             raise InvalidToken() from None
-        sub, expires = claims["sub"], claims["exp"]
-        if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH:
-            raise InvalidToken()
-        if any(unicodedata.category(c) in _REFUSED_IN_SUB for c in sub):
-            raise InvalidToken()
-        if not isinstance(expires, int | float) or isinstance(expires, bool):
-            raise InvalidToken()
-        if expires > time.time() + MAX_LIFETIME_SECONDS:
-            raise InvalidToken()
-        return Caller(sub=sub, is_superuser=claims.get("is_superuser") is True), float(expires)
+        return caller_of(claims, time.time())

@@ -19,9 +19,10 @@ from pathlib import Path
 from string import Template
 
 from server import rest
+from server.certificates import CertificateFiles
 from server.contract import Contract
 from server.observability import exposition
-from server.process import endpoints
+from server.process import endpoints, sds
 from server.process.supervisor import Supervisor
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
 
@@ -93,10 +94,13 @@ def render_envoy_config(
     http_address: str = "0.0.0.0",
     log_format: str = "text",
     cors_origins: tuple[str, ...] = (),
+    tls: tuple[Path, str] | None = None,
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
-    the file at a Path lists (see endpoints.discovery); browsers on cors_origins may
-    call them."""
+    the file at a Path lists (see endpoints.discovery). With tls (the folder of its SDS
+    files, server/process/sds.py, and the CA of the servers' certificates) its port
+    speaks TLS only, and it reaches servers at host:port pairs over mutual TLS. Browsers
+    on cors_origins may call them."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     reads, creates = resendable()
     return template.substitute(
@@ -115,6 +119,8 @@ def render_envoy_config(
         docs_path=ENVOY_DIR,
         swagger_ui_path=SWAGGER_UI,
         access_log_format=ACCESS_LOG_FORMATS[log_format],
+        downstream_tls=json.dumps(downstream_tls(tls)),
+        upstream_tls=json.dumps(None if isinstance(servers, Path) else upstream_tls(tls)),
     )
 
 
@@ -136,6 +142,54 @@ def cors_policy(origins: tuple[str, ...]) -> str:
         "max_age": str(rest.CORS_MAX_AGE),
     }
     return json.dumps({"envoy.filters.http.cors": policy})
+
+
+TLS_TYPES = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3."
+
+
+def _sds(folder: Path, name: str) -> dict[str, object]:
+    """A secret from its SDS file; Envoy watches the folder for the rename that replaces it."""
+    source = {
+        "path_config_source": {
+            "path": str(sds.path_of(folder, name)),
+            "watched_directory": {"path": str(folder)},
+        },
+        "resource_api_version": "V3",
+    }
+    return {"name": name, "sds_config": source}
+
+
+def downstream_tls(tls: tuple[Path, str] | None) -> dict[str, object] | None:
+    """The listener's transport socket: TLS with ALPN h2 and http/1.1, or None: plaintext."""
+    if tls is None:
+        return None
+    context = {
+        "alpn_protocols": ["h2", "http/1.1"],
+        "tls_certificate_sds_secret_configs": [_sds(tls[0], sds.LISTENER)],
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": TLS_TYPES + "DownstreamTlsContext",
+            "common_tls_context": context,
+        },
+    }
+
+
+def upstream_tls(tls: tuple[Path, str] | None) -> dict[str, object] | None:
+    """The servers' transport socket: Envoy's certificate presented (mutual TLS), theirs
+    checked against the CA; h2 by ALPN, which a grpc server requires. None: plaintext."""
+    if tls is None:
+        return None
+    context = {
+        "alpn_protocols": ["h2"],
+        "tls_certificate_sds_secret_configs": [_sds(tls[0], sds.UPSTREAM)],
+        "validation_context": {"trusted_ca": {"filename": tls[1]}},
+    }
+    return {
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {"@type": TLS_TYPES + "UpstreamTlsContext", "common_tls_context": context},
+    }
 
 
 def render_rest_lua() -> str:
@@ -189,9 +243,32 @@ def endpoints_file(settings: Settings) -> Path:
     return DATA_DIR / f"envoy-{settings.http_port}-endpoints" / "endpoints.json"
 
 
-def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
+def tls_folder(settings: Settings) -> Path:
+    """Where Envoy's certificate (an SDS file) is kept, one per HTTP port."""
+    return DATA_DIR / f"envoy-{settings.http_port}-tls"
+
+
+def envoy_secrets(settings: Settings, servers: Upstreams | Path) -> dict[str, CertificateFiles]:
+    """Envoy's certificates, by secret: its port's and, in front of servers on other
+    hosts, the one it presents to them. None without TLS. Unusable files stop the start."""
+    if not settings.tls:
+        return {}
+    secrets = {sds.LISTENER: CertificateFiles(settings.tls_cert, settings.tls_key)}
+    if not isinstance(servers, Path):
+        secrets[sds.UPSTREAM] = CertificateFiles(
+            settings.tls_proxy_cert or settings.tls_cert, settings.tls_proxy_key or settings.tls_key
+        )
+    return secrets
+
+
+def write_envoy_config(
+    settings: Settings,
+    servers: Upstreams | Path,
+    secrets: dict[str, CertificateFiles] | None = None,
+) -> Path:
     """Envoy's config in front of `servers` (see endpoints.discovery); a file of
-    endpoints that does not exist yet is made, listing none."""
+    endpoints that does not exist yet is made, listing none. With TLS configured, its
+    certificates (`secrets`, else read now) go to its SDS files."""
     if isinstance(servers, Path) and not servers.exists():
         endpoints.write(servers, [])
     # One file per HTTP port, so that stacks side by side keep their own, and
@@ -199,6 +276,11 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
     # its Envoy with.
     alone = "" if isinstance(servers, Path) else "-alone"
     path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
+    tls = None
+    if settings.tls:
+        for name, files in (secrets or envoy_secrets(settings, servers)).items():
+            sds.write(tls_folder(settings), name, files.current)
+        tls = (tls_folder(settings), settings.tls_ca)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
@@ -207,6 +289,7 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
             settings.envoy_admin_port,
             log_format=settings.log_format,
             cors_origins=settings.cors_origins,
+            tls=tls,
         )
     )
     return path
@@ -251,6 +334,23 @@ def check_workers(settings: Settings, workers: int, shared_door: bool = True) ->
         )
 
 
+def check_tls(settings: Settings, workers: int, envoy: bool) -> None:
+    """With TLS, Envoy and servers on other hosts must be able to check each other."""
+    if not settings.tls:
+        return
+    if workers and not envoy and not settings.proxy_ca:
+        raise SettingsError(
+            "`serve` with TLS takes Envoy's calls over mutual TLS: set CONTACTS_TLS_CA (the CA "
+            "that signed the certificates) or CONTACTS_TLS_CLIENT_CA"
+        )
+    if envoy and not workers and not settings.tls_ca:
+        raise SettingsError(
+            "`envoy` with TLS reaches the servers over mutual TLS: set CONTACTS_TLS_CA (the CA "
+            "that signed their certificates)"
+        )
+    CertificateFiles(settings.tls_cert, settings.tls_key)  # a mismatched pair stops the start
+
+
 def check_free(port: int, host: str = "") -> None:
     """Refuses a port some process listens on now. The servers share theirs through
     SO_REUSEPORT (and Envoy its own), so a leftover of an earlier run would
@@ -283,17 +383,30 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     if workers:
         check_workers(settings, workers, shared_door=listed is None)
         ports.append((settings.grpc_port, ""))
+        if settings.health_port:
+            ports.append((settings.health_port, ""))
         if listed is None:
             ports.append((settings.proxy_port, ""))
     if envoy:
         ports += [(settings.http_port, ""), (settings.envoy_admin_port, "127.0.0.1")]
     for port, host in ports:  # first: a stack running on these ports keeps its files
         check_free(port, host)
+    check_tls(settings, workers, envoy)
+    secrets: dict[str, CertificateFiles] = {}
     command = None
     if envoy:
-        config = write_envoy_config(settings, upstreams_of(settings) if listed is None else listed)
+        servers = upstreams_of(settings) if listed is None else listed
+        secrets = envoy_secrets(settings, servers)
+        config = write_envoy_config(settings, servers, secrets)
         validate_envoy_config(config)
         command = envoy_command(config)
+    log.info(
+        "tokens: %s; %s",
+        f"{settings.oidc_issuer}'s (audience {settings.oidc_audience})"
+        if settings.oidc
+        else "HS256 with CONTACTS_JWT_SECRET",
+        f"TLS with {settings.tls_cert}" if settings.tls else "no TLS",
+    )
     if workers:
         log.info(
             "serving gRPC on :%d (Envoy's door %s) with %d worker process(es)",
@@ -311,6 +424,10 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
             else ", ".join(f"{host}:{port}" for host, port in upstreams_of(settings)),
         )
     with contextlib.ExitStack() as cleanup:
+        if secrets:  # Envoy's certificates follow renewals
+            keeper = sds.Keeper(tls_folder(settings), secrets)
+            keeper.start()
+            cleanup.callback(keeper.stop)
         shared = None  # the directory the workers' metrics files go to
         if settings.metrics_port and workers:
             shared = cleanup.enter_context(metrics_directory())

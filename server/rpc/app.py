@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import dataclasses
+import functools
 import logging
 import threading
 
@@ -14,7 +15,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from contacts.v1 import contacts_pb2, contacts_pb2_grpc
-from server.auth.tokens import Tokens
+from server.auth.oidc import verifier_for
+from server.auth.tokens import Verifier
 from server.contract import Contract, RateClass
 from server.data.keys import Keys
 from server.data.offload import Offload
@@ -24,8 +26,9 @@ from server.limits.buckets import Buckets, MemoryBuckets, RedisBuckets
 from server.limits.slots import Slots
 from server.observability import metrics
 from server.rpc import reflection
+from server.rpc.credentials import server_credentials
 from server.rpc.interceptors.admission import AdmissionInterceptor
-from server.rpc.interceptors.auth import AuthInterceptor
+from server.rpc.interceptors.auth import AuthInterceptor, identify
 from server.rpc.interceptors.errors import ErrorInterceptor
 from server.rpc.interceptors.idempotency import IdempotencyInterceptor
 from server.rpc.interceptors.limits import RateLimitInterceptor
@@ -108,13 +111,33 @@ class App:
                 self.store, self.settings.threads, self.settings.database_url
             )
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
+            # One per process: its key set (OIDC) is fetched once for both doors.
+            verifier = verifier_for(self.settings)
+            settings = self.settings
+            credentials = server_credentials(settings, settings.tls_client_ca)
+            # Envoy's door on a port (`serve`, for an Envoy on another host): mutual TLS,
+            # and the client address believed from a certificate naming Envoy. `run`'s
+            # doors are Unix sockets only the service's user can open.
+            proxy_tls = (
+                server_credentials(settings, settings.proxy_ca)
+                if settings.proxy_ca and not self.proxy_host.startswith("unix:")
+                else None
+            )
             health_servicer = health_aio.HealthServicer()
             # Two doors to the same service: the gRPC port, where no peer may
             # speak for another client, and Envoy's, where trusted proxies may.
             servers = []
-            for host, port, trusted, envoy_door in (
-                (self.host, self.settings.grpc_port, (), False),
-                (self.proxy_host, self.settings.proxy_port, self.settings.trusted_proxies, True),
+            proxy_name = settings.tls_proxy_name if proxy_tls is not None else None
+            for host, port, trusted, secured, envoy_name, envoy_door in (
+                (self.host, settings.grpc_port, (), credentials, None, False),
+                (
+                    self.proxy_host,
+                    settings.proxy_port,
+                    settings.trusted_proxies,
+                    proxy_tls,
+                    proxy_name,
+                    True,
+                ),
             ):
                 servers.append(
                     build_server(
@@ -126,10 +149,15 @@ class App:
                         # A port the kernel picks (0) is this process's alone.
                         self.reuse_port and port != 0,
                         health_servicer,
+                        verifier,
+                        secured,
+                        envoy_name,
                         metered=bool(self.settings.metrics_port),
                         envoy_door=envoy_door,
                     )
                 )
+            if self.settings.health_port:
+                servers.append(self._health_only(health_servicer))
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
             for server, _ in servers:
                 await server.start()
@@ -143,6 +171,20 @@ class App:
         probe.cancel()
         await offload.close()
         await buckets.close()
+        await verifier.close()
+
+    def _health_only(
+        self, health_servicer: health_aio.HealthServicer
+    ) -> tuple[grpc.aio.Server, int]:
+        """grpc.health.v1 alone, in plaintext, for probes that cannot speak TLS (the
+        kubelet's): it tells whether the server serves, and nothing else."""
+        server = grpc.aio.server(options=[("grpc.so_reuseport", int(self.reuse_port))])
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        address = f"{self.host}:{self.settings.health_port}"
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot listen on {address}")
+        return server, port
 
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
@@ -200,35 +242,42 @@ def build_server(
     buckets: Buckets,
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
+    verifier: Verifier,
+    credentials: grpc.ServerCredentials | None = None,
+    proxy_name: str | None = None,
     metered: bool = False,
     envoy_door: bool = False,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
     reuse_port lets several worker processes share the port (SO_REUSEPORT).
-    The client-address header is believed from settings.trusted_proxies only;
-    REST calls (the headers rest.lua adds) only on Envoy's door.
+    The client-address header is believed from settings.trusted_proxies only, or with
+    proxy_name, from a client certificate naming it alone. With credentials the port
+    speaks TLS only. REST calls (the headers rest.lua adds) only on Envoy's door.
     """
     contract = Contract()
-    tokens = Tokens(settings.jwt_secret)
     limits = {
         RateClass.CREATE: settings.rate_limit_create,
         RateClass.GENERAL: settings.rate_limit_default,
     }
-    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies, tokens)
+    limiter = RateLimitInterceptor(buckets, contract, limits, settings.trusted_proxies, proxy_name)
     # This port's call slots (Envoy's door has its own).
     slots = Slots(settings.max_calls, settings.max_calls_per_client)
     server = grpc.aio.server(
         # A call's way in, outermost first; each hop knows only the next.
         interceptors=[
             AdmissionInterceptor(
-                settings.read_timeout, slots, limiter.client, settings.stream_idle
+                settings.read_timeout,
+                slots,
+                limiter.client,
+                settings.stream_idle,
+                functools.partial(identify, verifier=verifier),
             ),
             CallInterceptor(limiter.client, metered, contract),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
             RestInterceptor(contract, envoy_door),
-            AuthInterceptor(tokens, contract),
+            AuthInterceptor(contract),
             # Keys belong to the client the limiter counts (token sub, else address).
             IdempotencyInterceptor(Keys(store), offload, limiter.client, contract),
         ],
@@ -254,7 +303,10 @@ def build_server(
     reflection.enable((*SERVICES, health.SERVICE_NAME), server)
     # A Unix socket ("unix:/path": `run`'s door for its Envoy), or a host's port.
     address = host if host.startswith("unix:") else f"{host}:{settings.grpc_port}"
-    port = server.add_insecure_port(address)
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
     if port == 0:
         raise OSError(f"cannot listen on {address}")
     return server, port

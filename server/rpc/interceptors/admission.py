@@ -28,7 +28,7 @@ call's own object), so it is built on a method's first call and kept.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -84,7 +84,9 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         slots: Slots,
         client: Callable[[grpc.aio.ServicerContext], str],
         stream_idle: float,
+        identify: Callable[[grpc.aio.ServicerContext], Awaitable[object]],
     ) -> None:
+        self._identify = identify
         self._read_timeout = read_timeout
         self._slots = slots
         self._client = client
@@ -104,9 +106,11 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             handler = self._handlers[method] = self._adapted(inner)
         return handler
 
-    def _admit(self, context: grpc.aio.ServicerContext) -> tuple[str, Exception | None]:
-        """Starts the call; its client, and why it is refused a slot (None: it has one)."""
+    async def _admit(self, context: grpc.aio.ServicerContext) -> tuple[str, Exception | None]:
+        """Starts the call; its client, and why it is refused a slot (None: it has one).
+        Its credentials are verified first: a valid token's sub is its client."""
         calls.begin(context.invocation_metadata())
+        await self._identify(context)
         client = self._client(context)
         refusal = self._slots.take(client)
         return client, None if refusal is None else REFUSALS[refusal]()
@@ -127,7 +131,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         timeout = self._read_timeout
 
         async def admit_read_serve(requests: Any, context: grpc.aio.ServicerContext) -> Any:
-            client, refused = self._admit(context)
+            client, refused = await self._admit(context)
             if refused is not None:
                 return await behaviour(
                     _refused(refused) if streamed_request else Unread(refused), context
@@ -152,7 +156,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         idle = self._stream_idle
 
         async def admit_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            client, refused = self._admit(context)
+            client, refused = await self._admit(context)
             if refused is not None:
                 request = _refused(refused) if hasattr(request, "__aiter__") else Unread(refused)
                 async for reply in behaviour(request, context):

@@ -10,9 +10,9 @@ import grpc
 from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
-from server.auth.tokens import ANONYMOUS, REFUSED, Caller, Identity, Tokens
+from server.auth.tokens import ANONYMOUS, REFUSED, UNVERIFIABLE, Caller, Identity, Verifier
 from server.contract import INFRASTRUCTURE_RULE, Access, Contract
-from server.errors import InvalidToken, NotAuthenticated
+from server.errors import IdentityProviderUnavailable, InvalidToken, NotAuthenticated
 from server.rpc.metadata import metadata_values
 
 
@@ -24,19 +24,34 @@ def bearer_token(context: grpc.aio.ServicerContext) -> str | None:
     return sent[0] if sent else None
 
 
-def identity(context: grpc.aio.ServicerContext, tokens: Tokens) -> Identity:
-    """What the call's credentials say, verified on first use and kept on the call."""
+async def identify(context: grpc.aio.ServicerContext, verifier: Verifier) -> Identity:
+    """What the call's credentials say, verified once as the call is admitted and kept
+    on the call. Awaited: a token naming a key not yet known waits for the key set."""
     call = calls.current()
     if call is not None and call.identity is not None:
         return call.identity
     try:
         sent = bearer_token(context)
-        known = ANONYMOUS if sent is None else Identity(tokens.verify(sent))
+        known = ANONYMOUS if sent is None else Identity(await verifier.caller(sent))
     except InvalidToken:
         known = REFUSED
+    except IdentityProviderUnavailable:
+        known = UNVERIFIABLE
     if call is not None:
         call.identity = known
     return known
+
+
+def identity(context: grpc.aio.ServicerContext) -> Identity:
+    """The call's identity, as `identify` decided it; a call not identified is refused
+    if it sent a token (fail closed)."""
+    call = calls.current()
+    if call is not None and call.identity is not None:
+        return call.identity
+    try:
+        return ANONYMOUS if bearer_token(context) is None else REFUSED
+    except InvalidToken:
+        return REFUSED
 
 
 def authenticated() -> Caller:
@@ -51,8 +66,7 @@ def authenticated() -> Caller:
 class AuthInterceptor(AsyncServerInterceptor):
     """Enforces the RPC's declared access with the identity the call's token gives."""
 
-    def __init__(self, tokens: Tokens, contract: Contract) -> None:
-        self._tokens = tokens
+    def __init__(self, contract: Contract) -> None:
         self._contract = contract
 
     async def intercept(
@@ -60,7 +74,9 @@ class AuthInterceptor(AsyncServerInterceptor):
     ) -> Any:
         rule = self._contract.rule(method_name)
         if rule is not INFRASTRUCTURE_RULE:
-            who = identity(context, self._tokens)
+            who = identity(context)
+            if who.unavailable:
+                raise IdentityProviderUnavailable()
             if who.refused:
                 raise InvalidToken()
             if who.caller is None and rule.access is Access.REQUIRED:

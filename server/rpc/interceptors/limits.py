@@ -12,11 +12,11 @@ import grpc
 from grpc_interceptor import AsyncServerInterceptor
 
 from server import call as calls
-from server.auth.tokens import Tokens
 from server.contract import Contract, RateClass
 from server.errors import RateLimited
 from server.limits.buckets import Buckets
 from server.observability import metrics
+from server.rpc.credentials import peer_names
 from server.rpc.interceptors.auth import identity
 from server.rpc.metadata import metadata_values
 from server.settings import Networks
@@ -41,7 +41,8 @@ class RateLimitInterceptor(AsyncServerInterceptor):
 
     It runs before authentication, so that calls with refused tokens are
     limited too. The caller is a valid token's `sub`, else the address Envoy
-    saw, believed only from a trusted proxy, else the gRPC peer address.
+    saw, believed only from a trusted proxy (on a mutual-TLS door: a client
+    certificate naming Envoy), else the gRPC peer address.
     """
 
     def __init__(
@@ -50,15 +51,16 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         contract: Contract,
         limits: dict[RateClass, int],
         trusted_proxies: Networks,
-        tokens: Tokens,
+        proxy_name: str | None = None,
     ) -> None:
         self._buckets = buckets
         self._contract = contract
         self._limits = limits
         self._trusted = trusted_proxies
-        self._tokens = tokens
         self._refused = {rate: metrics.RATE_LIMITED.labels(rate.value) for rate in RateClass}
         self._is_trusted = functools.lru_cache(maxsize=1024)(self._trusts)
+        # On a mutual-TLS door, Envoy is known by its certificate's name, not its address.
+        self._proxy_name = proxy_name
 
     def client(self, context: grpc.aio.ServicerContext) -> str:
         """The call's client key, decided once per call (the call's log line names it)."""
@@ -71,11 +73,15 @@ class RateLimitInterceptor(AsyncServerInterceptor):
         return key
 
     def _client(self, context: grpc.aio.ServicerContext) -> str:
-        who = identity(context, self._tokens).caller
+        who = identity(context).caller
         if who is not None:
             return f"sub:{who.sub}"
         address = peer_address(context.peer() or "")
-        if self._is_trusted(address):
+        if self._proxy_name is not None:
+            believed = self._proxy_name in peer_names(context)
+        else:
+            believed = self._is_trusted(address)
+        if believed:
             forwarded = metadata_values(context, CLIENT_ADDRESS_HEADER)
             if len(forwarded) == 1 and forwarded[0]:
                 return f"ip:{forwarded[0]}"
