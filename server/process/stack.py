@@ -92,10 +92,14 @@ def render_envoy_config(
     admin_port: int,
     http_address: str = "0.0.0.0",
     log_format: str = "text",
+    root: Path = PROJECT_ROOT,
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
-    the file at a Path lists (see endpoints.discovery)."""
+    the file at a Path lists (see endpoints.discovery). The files it serves (the
+    descriptors, the docs page) are named under `root`: where the project is on
+    the host that runs this Envoy (the container image's /app, say)."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
+    here = {path: root / path.relative_to(PROJECT_ROOT) for path in (DESCRIPTOR, OPENAPI)}
     reads, creates = resendable()
     return template.substitute(
         rest_lua=json.dumps(render_rest_lua()),  # a JSON string is a YAML string
@@ -106,10 +110,10 @@ def render_envoy_config(
         http_port=http_port,
         admin_port=admin_port,
         http_address=http_address,
-        descriptor_path=DESCRIPTOR,
-        openapi_path=OPENAPI,
-        docs_path=ENVOY_DIR,
-        swagger_ui_path=SWAGGER_UI,
+        descriptor_path=here[DESCRIPTOR],
+        openapi_path=here[OPENAPI],
+        docs_path=root / ENVOY_DIR.relative_to(PROJECT_ROOT),
+        swagger_ui_path=root / SWAGGER_UI.relative_to(PROJECT_ROOT),
         access_log_format=ACCESS_LOG_FORMATS[log_format],
     )
 
@@ -163,16 +167,23 @@ def endpoints_file(settings: Settings) -> Path:
     return DATA_DIR / f"envoy-{settings.http_port}-endpoints" / "endpoints.json"
 
 
-def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
-    """Envoy's config in front of `servers` (see endpoints.discovery); a file of
-    endpoints that does not exist yet is made, listing none."""
+def write_envoy_config(
+    settings: Settings,
+    servers: Upstreams | Path,
+    path: Path | None = None,
+    root: Path = PROJECT_ROOT,
+) -> Path:
+    """Envoy's config in front of `servers` (see endpoints.discovery), at `path` (by
+    default in data/), naming its files under `root`; a file of endpoints that does
+    not exist yet is made, listing none."""
     if isinstance(servers, Path) and not servers.exists():
         endpoints.write(servers, [])
-    # One file per HTTP port, so that stacks side by side keep their own, and
-    # per form: rendering `envoy`'s must not change the one a `run` restarts
-    # its Envoy with.
-    alone = "" if isinstance(servers, Path) else "-alone"
-    path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
+    if path is None:
+        # One file per HTTP port, so that stacks side by side keep their own, and
+        # per form: rendering `envoy`'s must not change the one a `run` restarts
+        # its Envoy with.
+        alone = "" if isinstance(servers, Path) else "-alone"
+        path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
         render_envoy_config(
@@ -180,6 +191,7 @@ def write_envoy_config(settings: Settings, servers: Upstreams | Path) -> Path:
             settings.http_port,
             settings.envoy_admin_port,
             log_format=settings.log_format,
+            root=root,
         )
     )
     return path
@@ -246,9 +258,13 @@ def check_free(port: int, host: str = "") -> None:
             ) from None
 
 
-def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
+def run(
+    settings: Settings, workers: int = 1, envoy: bool = True, envoy_config: Path | None = None
+) -> int:
     """Runs `workers` server processes (none: Envoy alone) and Envoy if asked, under
-    the supervisor, until SIGINT/SIGTERM; leaves no process behind."""
+    the supervisor, until SIGINT/SIGTERM; leaves no process behind. Envoy runs the
+    config rendered into data/ at start or, given `envoy_config`, that one (rendered
+    beforehand: a Kubernetes ConfigMap, where nothing may be written)."""
     # With its own Envoy, each worker opens Envoy's door on a Unix socket of
     # its own, and the supervisor lists those that serve in this file.
     listed = endpoints_file(settings) if workers and envoy else None
@@ -264,7 +280,9 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
         check_free(port, host)
     command = None
     if envoy:
-        config = write_envoy_config(settings, upstreams_of(settings) if listed is None else listed)
+        config = envoy_config or write_envoy_config(
+            settings, upstreams_of(settings) if listed is None else listed
+        )
         validate_envoy_config(config)
         command = envoy_command(config)
     if workers:

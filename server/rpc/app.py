@@ -41,6 +41,12 @@ MAX_REQUEST_BYTES = 1 << 20  # a gRPC message; no request of ours comes near it
 MAX_METADATA_BYTES = 16 << 10
 
 SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.values())
+# A grpc.health.v1 service name that says SERVING while this process answers at
+# all, draining or not, database or not: what a liveness probe (Kubernetes')
+# asks, so that it restarts a wedged server and never one that is merely
+# draining or waiting for its database. "" and SERVICES say whether to send
+# calls here (readiness).
+LIVENESS = "liveness"
 
 
 class App:
@@ -74,6 +80,7 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Event | None = None
+        self._draining = False
 
     def start(self) -> None:
         ready: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
@@ -88,8 +95,7 @@ class App:
         calls are still served: an Envoy that health-checks this server (`python -m
         server envoy`) sees it and sends elsewhere."""
         if self._loop is not None:
-            coroutine = self._health.enter_graceful_shutdown()
-            asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops accepting calls, gives those in flight `grace` seconds, and returns
@@ -129,6 +135,7 @@ class App:
                     )
                 )
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
             for server, _ in servers:
                 await server.start()
         except BaseException as error:
@@ -142,18 +149,26 @@ class App:
         await offload.close()
         await buckets.close()
 
+    async def _drain(self) -> None:
+        """NOT_SERVING for good (the database probe no longer changes it), except
+        LIVENESS: the process still answers."""
+        self._draining = True
+        await self._report(self._health, health_pb2.HealthCheckResponse.NOT_SERVING)
+
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
-        await self._health.enter_graceful_shutdown()
-        metrics.HEALTH_SERVING.set(0)
+        await self._drain()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         assert self._finished is not None
         self._finished.set()
 
     async def _report(self, health_servicer: health_aio.HealthServicer, status: int) -> None:
-        metrics.HEALTH_SERVING.set(status == health_pb2.HealthCheckResponse.SERVING)
+        serving = status == health_pb2.HealthCheckResponse.SERVING
         for name in ("", *SERVICES):
+            if serving and self._draining:  # a probe's report that a drain overtook
+                return
             await health_servicer.set(name, status)
+        metrics.HEALTH_SERVING.set(serving)
 
     async def _watch_database(self, offload: Offload) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached."""
@@ -172,7 +187,7 @@ class App:
                 log.exception("the database probe failed")
                 reachable, cause = False, error
             metrics.DATABASE_CONNECTIONS_IN_USE.set(self.store.connections_in_use())
-            if reachable != serving:
+            if reachable != serving and not self._draining:
                 serving = reachable
                 if reachable:
                     log.warning("database reachable again")
