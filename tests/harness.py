@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -45,6 +46,20 @@ def free_port() -> int:
             s.bind((wildcard, 0))
             return int(s.getsockname()[1])
     raise OSError("no free TCP port")
+
+
+def tool(name: str) -> str:
+    """A command-line tool the checks run (kubectl, promtool, hadolint ...), from the
+    PATH or the virtualenv: required in CI, else its checks are skipped."""
+    import pytest  # the bench shares this module, not pytest
+
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing, and CI must run this check")
+        pytest.skip(f"{name} is not installed")
+    return found
 
 
 def wait_for(

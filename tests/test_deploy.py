@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from server.process import endpoints, stack
 from server.process.supervisor import ENVOY_STOP_SECONDS, STOP_MARGIN_SECONDS
 from server.rpc.app import LIVENESS
 from server.settings import PROJECT_ROOT, STOP_GRACE_SECONDS, Settings
+from tests.harness import tool
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
@@ -32,16 +32,6 @@ OVERLAYS = [KUBERNETES / "overlays" / "example"]
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 IMAGE_ROOT = Path("/app")  # where the Dockerfile puts the project
 RENDER_SECRET = "a-secret-for-rendering-only-never-used-to-sign"
-VENV_BIN = Path(sys.executable).parent
-
-
-def tool(name: str) -> str:
-    found = shutil.which(name) or (str(VENV_BIN / name) if (VENV_BIN / name).exists() else None)
-    if found is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{name} is missing, and CI must run this check")
-        pytest.skip(f"{name} is not installed")
-    return found
 
 
 def kustomize(directory: Path) -> list[dict[str, Any]]:
