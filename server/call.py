@@ -36,6 +36,7 @@ class Call:
         "request_id",
         "reserved_id",
         "started",
+        "trace_id",
     )
 
     def __init__(self, request_id: str) -> None:
@@ -49,6 +50,7 @@ class Call:
         # id: a create run again under the same key can never make a second row).
         self.reserved_id: uuid.UUID | None = None
         self.cause: str | None = None  # why the server failed it, when it did
+        self.trace_id: str | None = None  # its OpenTelemetry trace, when traced
 
     def reply_with(self, *pairs: tuple[str, str]) -> None:
         """Metadata the reply carries, as trailers with the status (REST: headers)."""

@@ -30,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.process import stack
-from server.settings import PROJECT_ROOT
+from server.settings import PROJECT_ROOT, Settings
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -280,6 +280,7 @@ class Envoy:
         upstreams: int | Sequence[tuple[str, int]],
         workdir: Path,
         log_format: str = "text",
+        settings: Settings | None = None,
     ) -> None:
         if isinstance(upstreams, int):
             upstreams = [("127.0.0.1", upstreams)]
@@ -287,7 +288,12 @@ class Envoy:
         config = workdir / f"{name}.yaml"
         config.write_text(
             stack.render_envoy_config(
-                tuple(upstreams), 0, 0, http_address="127.0.0.1", log_format=log_format
+                tuple(upstreams),
+                0,
+                0,
+                http_address="127.0.0.1",
+                log_format=log_format,
+                settings=settings,  # its tracing, if any
             )
         )
         admin_file = workdir / f"{name}-admin-address"

@@ -309,6 +309,7 @@ def test_envoy_config_map_is_what_envoy_config_renders_today() -> None:
         settings.envoy_admin_port,
         log_format=settings.log_format,
         root=IMAGE_ROOT,
+        settings=settings,
     )
     assert (BASE / "envoy" / "envoy.yaml").read_text() == expected, (
         "deploy/kubernetes/base/envoy/envoy.yaml is stale: run `make deploy-config`"

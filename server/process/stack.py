@@ -21,7 +21,7 @@ from string import Template
 from server import rest
 from server.contract import Contract
 from server.observability import exposition
-from server.process import endpoints
+from server.process import endpoints, telemetry
 from server.process.supervisor import Supervisor
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
 
@@ -93,11 +93,13 @@ def render_envoy_config(
     http_address: str = "0.0.0.0",
     log_format: str = "text",
     root: Path = PROJECT_ROOT,
+    settings: Settings | None = None,
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
     the file at a Path lists (see endpoints.discovery). The files it serves (the
     descriptors, the docs page) are named under `root`: where the project is on
-    the host that runs this Envoy (the container image's /app, say)."""
+    the host that runs this Envoy (the container image's /app, say). `settings`
+    give its tracing (OTEL_*), if any."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
     here = {path: root / path.relative_to(PROJECT_ROOT) for path in (DESCRIPTOR, OPENAPI)}
     reads, creates = resendable()
@@ -115,6 +117,8 @@ def render_envoy_config(
         docs_path=root / ENVOY_DIR.relative_to(PROJECT_ROOT),
         swagger_ui_path=root / SWAGGER_UI.relative_to(PROJECT_ROOT),
         access_log_format=ACCESS_LOG_FORMATS[log_format],
+        tracing=telemetry.tracing(settings) if settings else "",
+        tracing_cluster=telemetry.tracing_cluster(settings) if settings else "",
     )
 
 
@@ -192,6 +196,7 @@ def write_envoy_config(
             settings.envoy_admin_port,
             log_format=settings.log_format,
             root=root,
+            settings=settings,
         )
     )
     return path

@@ -7,6 +7,7 @@ import concurrent.futures
 import dataclasses
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import grpc
 import uvloop
@@ -33,6 +34,9 @@ from server.rpc.interceptors.observe import CallInterceptor
 from server.rpc.interceptors.rest import RestInterceptor
 from server.rpc.services import Companies, Contacts
 from server.settings import Settings
+
+if TYPE_CHECKING:
+    from server.observability.traces import Tracing
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +85,12 @@ class App:
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Event | None = None
         self._draining = False
+        # OpenTelemetry, only with an endpoint: unset, its packages are not even loaded.
+        self.tracing: Tracing | None = None
+        if settings.otel_endpoint:
+            from server.observability.traces import Tracing
+
+            self.tracing = Tracing(settings)
 
     def start(self) -> None:
         ready: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
@@ -109,9 +119,7 @@ class App:
         self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
         try:
-            offload = await Offload.open(
-                self.store, self.settings.threads, self.settings.database_url
-            )
+            offload = await self._offload()
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             health_servicer = health_aio.HealthServicer()
             # Two doors to the same service: the gRPC port, where no peer may
@@ -132,6 +140,7 @@ class App:
                         self.reuse_port and port != 0,
                         health_servicer,
                         metered=bool(self.settings.metrics_port),
+                        tracing=self.tracing,
                     )
                 )
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
@@ -148,12 +157,23 @@ class App:
         probe.cancel()
         await offload.close()
         await buckets.close()
+        if self.tracing is not None:  # the last spans, sent before the process goes
+            await asyncio.to_thread(self.tracing.shutdown)
 
     async def _drain(self) -> None:
         """NOT_SERVING for good (the database probe no longer changes it), except
         LIVENESS: the process still answers."""
         self._draining = True
         await self._report(self._health, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _offload(self) -> Offload:
+        """The way to the database; with tracing on, one that makes spans of it."""
+        threads, url = self.settings.threads, self.settings.database_url
+        if self.tracing is None:
+            return await Offload.open(self.store, threads, url)
+        from server.data.traced import TracedOffload
+
+        return await TracedOffload.open_traced(self.store, threads, url, self.tracing)
 
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
@@ -214,6 +234,7 @@ def build_server(
     reuse_port: bool,
     health_servicer: health_aio.HealthServicer,
     metered: bool = False,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
@@ -235,7 +256,7 @@ def build_server(
             AdmissionInterceptor(
                 settings.read_timeout, slots, limiter.client, settings.stream_idle
             ),
-            CallInterceptor(limiter.client, metered, contract),
+            CallInterceptor(limiter.client, metered, contract, tracing),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
             RestInterceptor(contract),
