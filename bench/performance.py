@@ -51,6 +51,7 @@ def section(results: dict[str, Any] | None) -> str:
             results["unloaded"], results["memory_mib"], results.get("ceiling", []), rows
         ),
         report.observability_lines(results["observability"], counted),
+        *([report.tracing_lines(results["tracing"])] if results.get("tracing") else []),
     ]
     return "\n".join([BEGIN, "", conditions, "", "```text", *printed, "```", "", END])
 

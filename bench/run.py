@@ -35,7 +35,8 @@ from bench import instructions, performance, report
 from bench.calls import Call, CheckFailed, Client, create_contact, get_contact, list_contacts
 from bench.load import Load, LoadError, h2load, wrk
 from server.auth.tokens import Tokens
-from server.settings import PROJECT_ROOT
+from server.settings import PROJECT_ROOT, Settings
+from tests.collector import Collector
 from tests.harness import POSTGRES_DSN, SERVE, Envoy, Server, empty_database, postgres_reachable
 
 GRPC, GRPC_ENVOY, REST = report.GRPC, report.GRPC_ENVOY, report.REST
@@ -58,6 +59,7 @@ class Run:
     quiet: list[Row] = field(default_factory=list)  # the baseline at 1 request in flight
     ceiling: list[Row] = field(default_factory=list)  # the bare grpc.aio server (--aio)
     observed: list[Row] = field(default_factory=list)  # GetContact, metrics and log on and off
+    traced: list[Row] = field(default_factory=list)  # GetContact, tracing unset, default, 10 %
     counted: instructions.Count | None = None  # the same, in instructions per call
 
 
@@ -74,14 +76,21 @@ class Stack:
 
 @contextmanager
 def started(
-    run: Run, backend: str, env: dict[str, str], workers: int = 1, command: tuple[str, ...] = SERVE
+    run: Run,
+    backend: str,
+    env: dict[str, str],
+    workers: int = 1,
+    command: tuple[str, ...] = SERVE,
+    envoy_settings: Settings | None = None,
 ) -> Iterator[Stack]:
-    """Started in order and stopped in reverse: Envoy stops before the server."""
+    """Started in order and stopped in reverse: Envoy stops before the server. Envoy's
+    tracing, if any, is `envoy_settings`'."""
     with ExitStack() as cleanup:
         server = Server(env, run.workdir, workers, command)
         cleanup.callback(server.stop)
         # Our server has a door for Envoy; the baseline only its gRPC port.
-        envoy = Envoy(server.proxy_port if command == SERVE else server.port, run.workdir)
+        door = server.proxy_port if command == SERVE else server.port
+        envoy = Envoy(door, run.workdir, settings=envoy_settings)
         cleanup.callback(envoy.stop)
         envoy.wait_upstream()
         client = Client(server.port, envoy.url, run.token)
@@ -213,6 +222,38 @@ def measure_observability(run: Run, env: dict[str, str], contact: str) -> None:
     print(f"  on {on:,.0f}  off {off:,.0f}  ({run.counted.cost:+.1%})", flush=True)
 
 
+# Tracing's states: unset (every row above), the default sampler (every trace
+# kept) and one trace in ten, exported to a collector in this process.
+TRACING = {
+    "unset": {},
+    "default": {},
+    "10 %": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+}
+
+
+def measure_tracing(run: Run, env: dict[str, str], contact: str) -> None:
+    """GetContact over gRPC and REST with tracing unset, at the default sampler and at
+    10 %: Envoy and the server both export to an OTLP receiver in this process."""
+    call = get_contact(contact)
+    collector = Collector(keep=False)
+    try:
+        for state, extra in TRACING.items():
+            print(f"== sqlite, 1 worker: tracing {state}", flush=True)
+            traced = (
+                env
+                if state == "unset"
+                else env | extra | {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+            )
+            settings = Settings.from_env(traced)
+            with started(run, "sqlite", traced, envoy_settings=settings) as stack:
+                for door in (GRPC, REST):
+                    row = measure(run, stack, call, door)
+                    run.traced.append(row | {"tracing": state})
+        print(f"  the collector received {collector.count:,} spans", flush=True)
+    finally:
+        collector.stop()
+
+
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
     """One database: seeded once through the API, then 1 and `workers` server processes."""
     env = {
@@ -238,6 +279,7 @@ def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: in
             run.memory_mib[f"{backend} x{count}"] = stack.server.rss() / 2**20
     if backend == "sqlite":
         measure_observability(run, env, contact)
+        measure_tracing(run, env, contact)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -304,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.target_lines(targets))
     print(report.info_lines(run.quiet, run.memory_mib, run.ceiling, run.rows))
     print(report.observability_lines(run.observed, run.counted))
+    print(report.tracing_lines(run.traced))
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -316,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": run.ceiling,
         "observability": run.observed,
         "instructions": asdict(run.counted) if run.counted else None,
+        "tracing": run.traced,
         "row_cost_us": run.row_cost_us,
         "memory_mib": run.memory_mib,
         "skipped": skipped,
@@ -328,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rendered into {performance.DOC}")
     failed = [
         f"{r['backend']} x{r['workers']} {r['rpc']} {r['door']}"
-        for r in run.rows + run.quiet + run.observed
+        for r in run.rows + run.quiet + run.observed + run.traced
         if r["errors"]
     ]
     if failed:

@@ -115,7 +115,11 @@ class Tracing:
     @contextmanager
     def database(self, operation: str) -> Iterator[None]:
         """A child span of the current one for one unit of database work (a read, or a
-        write's transaction with its retries)."""
+        write's transaction with its retries); none in a trace not sampled, whose
+        spans would go nowhere."""
+        if not trace.get_current_span().is_recording():
+            yield
+            return
         with self.tracer.start_as_current_span(
             f"db {operation}",
             kind=SpanKind.CLIENT,
