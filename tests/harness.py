@@ -132,7 +132,8 @@ class Server:
     `proxy_port`), with `env` (CONTACTS_*) added to a clean environment; ready once
     every worker listens and health says SERVING. Workers drain for no time, and
     metrics are on another free port (`metrics_url`), unless `env` says otherwise.
-    `command` starts another server that takes its port from CONTACTS_GRPC_PORT."""
+    `command` starts another server that takes its port from CONTACTS_GRPC_PORT;
+    `proxy_port`, if given, is its door for Envoy."""
 
     def __init__(
         self,
@@ -140,11 +141,13 @@ class Server:
         workdir: Path,
         workers: int = 1,
         command: tuple[str, ...] = SERVE,
+        proxy_port: int | None = None,
     ) -> None:
         self.port = free_port()
         self.metrics_port = int(env.get("CONTACTS_METRICS_PORT", free_port()))
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.proxy_port = free_port()
+        # Given: one an Envoy already sends to (a host that comes up later).
+        self.proxy_port = proxy_port or free_port()
         argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
         clean = {k: v for k, v in os.environ.items() if not k.startswith("CONTACTS_")}
         environment = {
