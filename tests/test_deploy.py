@@ -28,7 +28,8 @@ from tests.harness import tool
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"
-OVERLAYS = [KUBERNETES / "overlays" / "example"]
+OVERLAYS = [KUBERNETES / "overlays" / "example", KUBERNETES / "overlays" / "example-tls"]
+TLS = KUBERNETES / "components" / "tls"
 DOCKERFILE = PROJECT_ROOT / "Dockerfile"
 IMAGE_ROOT = Path("/app")  # where the Dockerfile puts the project
 RENDER_SECRET = "a-secret-for-rendering-only-never-used-to-sign"
@@ -121,17 +122,21 @@ def test_readiness_asks_overall_health_and_liveness_asks_liveness(
     """Readiness turns NOT_SERVING on drain and database outages (health ""); liveness
     asks the name that stays SERVING then (tests/test_lifecycle.py shows both)."""
     server = container(one(objects, "Deployment", "contacts-server"), "server")
-    grpc_port = int(config_map(objects, "contacts-config")["CONTACTS_GRPC_PORT"])
+    settings = config_map(objects, "contacts-config")
+    grpc_port = int(settings["CONTACTS_GRPC_PORT"])
     assert {"name": "grpc", "containerPort": grpc_port} in server["ports"]
+    # The kubelet speaks no TLS: with TLS on, the probes ask the plaintext health port.
+    port = int(settings["CONTACTS_HEALTH_PORT"]) if "CONTACTS_TLS_CERT" in settings else grpc_port
+    assert port in {p["containerPort"] for p in server["ports"]}
     readiness, liveness, startup = (
         server["readinessProbe"],
         server["livenessProbe"],
         server["startupProbe"],
     )
-    assert readiness["grpc"]["port"] == grpc_port
+    assert readiness["grpc"]["port"] == port
     assert readiness["grpc"].get("service", "") == ""
     for probe in (liveness, startup):
-        assert probe["grpc"] == {"port": grpc_port, "service": LIVENESS}
+        assert probe["grpc"] == {"port": port, "service": LIVENESS}
     # A restart only after half a minute of silence, never on one slow answer.
     assert liveness["failureThreshold"] * liveness["periodSeconds"] >= 30
 
@@ -206,6 +211,8 @@ def test_every_pod_is_locked_down(objects: list[dict[str, Any]]) -> None:
     }
     for where, pod in pods.items():
         assert pod["securityContext"]["runAsNonRoot"] is True, where
+        for volume in pod.get("volumes", []):  # certificates by reference, never inline
+            assert set(volume) & {"emptyDir", "configMap", "secret"}, (where, volume)
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, where
         assert pod["automountServiceAccountToken"] is False, where
         for c in pod["containers"]:
@@ -297,12 +304,18 @@ def test_envoy_runs_the_config_map(objects: list[dict[str, Any]]) -> None:
     assert pod["terminationGracePeriodSeconds"] > pause + ENVOY_STOP_SECONDS
 
 
-def test_envoy_config_map_is_what_envoy_config_renders_today() -> None:
+RENDERED = {  # Envoy's config: from the settings of these env files, in order
+    BASE / "envoy" / "envoy.yaml": [BASE / "envoy" / "envoy.env"],
+    TLS / "envoy.yaml": [BASE / "envoy" / "envoy.env", TLS / "envoy.env"],
+}
+
+
+@pytest.mark.parametrize("rendered", list(RENDERED), ids=lambda path: path.parent.name)
+def test_envoy_config_map_is_what_envoy_config_renders_today(rendered: Path) -> None:
     """The ConfigMap's file is rendered (`make deploy-config`), never edited: a change to
-    the template, the contract or endpoints.py must be rendered again."""
-    settings = Settings.from_env(
-        {**env_file(BASE / "envoy" / "envoy.env"), "CONTACTS_JWT_SECRET": RENDER_SECRET}
-    )
+    the template, the contract or the settings must be rendered again."""
+    env = {k: v for path in RENDERED[rendered] for k, v in env_file(path).items()}
+    settings = Settings.from_env({**env, "CONTACTS_JWT_SECRET": RENDER_SECRET})
     expected = stack.render_envoy_config(
         stack.upstreams_of(settings),
         settings.http_port,
@@ -311,14 +324,13 @@ def test_envoy_config_map_is_what_envoy_config_renders_today() -> None:
         root=IMAGE_ROOT,
         settings=settings,
     )
-    assert (BASE / "envoy" / "envoy.yaml").read_text() == expected, (
-        "deploy/kubernetes/base/envoy/envoy.yaml is stale: run `make deploy-config`"
-    )
+    assert rendered.read_text() == expected, f"{rendered} is stale: run `make deploy-config`"
 
 
-def test_envoy_config_map_is_valid_for_envoy(tmp_path: Path) -> None:
+@pytest.mark.parametrize("rendered", list(RENDERED), ids=lambda path: path.parent.name)
+def test_envoy_config_map_is_valid_for_envoy(rendered: Path, tmp_path: Path) -> None:
     """The same config with this checkout's paths for the image's: Envoy accepts it."""
-    text = (BASE / "envoy" / "envoy.yaml").read_text().replace(f"{IMAGE_ROOT}/", f"{PROJECT_ROOT}/")
+    text = rendered.read_text().replace(f"{IMAGE_ROOT}/", f"{PROJECT_ROOT}/")
     config = tmp_path / "envoy.yaml"
     config.write_text(text)
     stack.validate_envoy_config(config)
