@@ -121,13 +121,19 @@ def test_readiness_asks_overall_health_and_liveness_asks_liveness(
 ) -> None:
     """Readiness turns NOT_SERVING on drain and database outages (health ""); liveness
     asks the name that stays SERVING then (tests/test_lifecycle.py shows both)."""
-    server = container(one(objects, "Deployment", "contacts-server"), "server")
+    deployment = one(objects, "Deployment", "contacts-server")
+    server = container(deployment, "server")
     settings = config_map(objects, "contacts-config")
     grpc_port = int(settings["CONTACTS_GRPC_PORT"])
-    assert {"name": "grpc", "containerPort": grpc_port} in server["ports"]
-    # The kubelet speaks no TLS: with TLS on, the probes ask the plaintext health port.
-    port = int(settings["CONTACTS_HEALTH_PORT"]) if "CONTACTS_TLS_CERT" in settings else grpc_port
-    assert port in {p["containerPort"] for p in server["ports"]}
+    ports = {p["name"]: p["containerPort"] for p in server["ports"]}
+    assert ports["grpc"] == grpc_port
+    # The kubelet speaks no TLS: with TLS on (its certificates mounted), the probes
+    # ask the plaintext health port the settings name.
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    tls = any(v.get("secret", {}).get("secretName") == "contacts-tls" for v in volumes)
+    port = ports["health"] if tls else grpc_port
+    if tls:
+        assert str(port) in settings.values()
     readiness, liveness, startup = (
         server["readinessProbe"],
         server["livenessProbe"],
