@@ -53,6 +53,7 @@ def section(results: dict[str, Any] | None) -> str:
         report.observability_lines(results["observability"], counted),
         *([report.compression_lines(results["compression"])] if results.get("compression") else []),
         *identity.lines(results.get("identity") or []),
+        *([report.tracing_lines(results["tracing"])] if results.get("tracing") else []),
     ]
     return "\n".join([BEGIN, "", conditions, "", "```text", *printed, "```", "", END])
 

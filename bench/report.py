@@ -240,4 +240,26 @@ def compression_lines(rows: list[Row]) -> str:
             f"  {rpc:<15} gzip {rps['gzip']:8,.0f} req/s  identity {rps['identity']:8,.0f} req/s  "
             f"cost {cost:6.1%} {bound:<28} bytes {size['gzip']:,} vs {size['identity']:,}"
         )
+
+
+def tracing_lines(rows: list[Row]) -> str:
+    """What OpenTelemetry tracing costs GetContact: req/s and the server's CPU per reply
+    with it unset, at the default sampler (every trace) and at 10 %, each against unset."""
+    if not rows:
+        return ""
+    lines = ["tracing (sqlite x1 GetContact; Envoy and the server export to a local collector):"]
+    for door in (GRPC, REST):
+        found = {r["tracing"]: r for r in rows if r["door"] == door}
+        unset = found.get("unset")
+        if unset is None:
+            continue
+        parts = [f"unset {unset['rps']:8,.0f} req/s {unset['cpu_us'] or 0:4.0f} µs CPU"]
+        for state in ("default", "10 %"):
+            row = found.get(state)
+            if row is None:
+                continue
+            cost = 1 - row["rps"] / unset["rps"] if unset["rps"] else math.nan
+            cpu = row["cpu_us"] or 0
+            parts.append(f"{state} {row['rps']:8,.0f} req/s {cpu:4.0f} µs CPU (cost {cost:6.1%})")
+        lines.append(f"  {door:<15} " + "  ".join(parts))
     return "\n".join(lines)

@@ -37,7 +37,8 @@ from bench import identity, instructions, performance, report
 from bench.calls import Call, CheckFailed, Client, create_contact, get_contact, list_contacts
 from bench.load import Load, LoadError, h2load, wrk
 from server.auth.tokens import Tokens
-from server.settings import PROJECT_ROOT
+from server.settings import PROJECT_ROOT, Settings
+from tests.collector import Collector
 from tests.harness import POSTGRES_DSN, SERVE, Envoy, Server, empty_database, postgres_reachable
 
 GRPC, GRPC_ENVOY, REST = report.GRPC, report.GRPC_ENVOY, report.REST
@@ -61,6 +62,7 @@ class Run:
     ceiling: list[Row] = field(default_factory=list)  # the bare grpc.aio server (--aio)
     observed: list[Row] = field(default_factory=list)  # GetContact, metrics and log on and off
     compressed: list[Row] = field(default_factory=list)  # REST reads, gzip accepted or not
+    traced: list[Row] = field(default_factory=list)  # GetContact, tracing unset, default, 10 %
     counted: instructions.Count | None = None  # the same, in instructions per call
     identity: list[Row] = field(default_factory=list)  # RS256 vs HS256, TLS vs plaintext
 
@@ -78,14 +80,21 @@ class Stack:
 
 @contextmanager
 def started(
-    run: Run, backend: str, env: dict[str, str], workers: int = 1, command: tuple[str, ...] = SERVE
+    run: Run,
+    backend: str,
+    env: dict[str, str],
+    workers: int = 1,
+    command: tuple[str, ...] = SERVE,
+    envoy_settings: Settings | None = None,
 ) -> Iterator[Stack]:
-    """Started in order and stopped in reverse: Envoy stops before the server."""
+    """Started in order and stopped in reverse: Envoy stops before the server. Envoy's
+    tracing, if any, is `envoy_settings`'."""
     with ExitStack() as cleanup:
         server = Server(env, run.workdir, workers, command)
         cleanup.callback(server.stop)
         # Our server has a door for Envoy; the baseline only its gRPC port.
-        envoy = Envoy(server.proxy_port if command == SERVE else server.port, run.workdir)
+        door = server.proxy_port if command == SERVE else server.port
+        envoy = Envoy(door, run.workdir, settings=envoy_settings)
         cleanup.callback(envoy.stop)
         envoy.wait_upstream()
         client = Client(server.port, envoy.url, run.token)
@@ -250,6 +259,38 @@ def measure_compression(run: Run, env: dict[str, str], contact: str, company: st
 ENCODINGS = ("gzip", "identity")
 
 
+# Tracing's states: unset (every row above), the default sampler (every trace
+# kept) and one trace in ten, exported to a collector in this process.
+TRACING = {
+    "unset": {},
+    "default": {},
+    "10 %": {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"},
+}
+
+
+def measure_tracing(run: Run, env: dict[str, str], contact: str) -> None:
+    """GetContact over gRPC and REST with tracing unset, at the default sampler and at
+    10 %: Envoy and the server both export to an OTLP receiver in this process."""
+    call = get_contact(contact)
+    collector = Collector(keep=False)
+    try:
+        for state, extra in TRACING.items():
+            print(f"== sqlite, 1 worker: tracing {state}", flush=True)
+            traced = (
+                env
+                if state == "unset"
+                else env | extra | {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint}
+            )
+            settings = Settings.from_env(traced)
+            with started(run, "sqlite", traced, envoy_settings=settings) as stack:
+                for door in (GRPC, REST):
+                    row = measure(run, stack, call, door)
+                    run.traced.append(row | {"tracing": state})
+        print(f"  the collector received {collector.count:,} spans", flush=True)
+    finally:
+        collector.stop()
+
+
 def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: int) -> None:
     """One database: seeded once through the API, then 1 and `workers` server processes."""
     env = {
@@ -276,6 +317,7 @@ def measure_backend(run: Run, backend: str, url: str, contacts: int, workers: in
     if backend == "sqlite":
         measure_observability(run, env, contact)
         measure_compression(run, env, contact, company)
+        measure_tracing(run, env, contact)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -347,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report.compression_lines(run.compressed))
     for line in identity.lines(run.identity):
         print(line)
+    print(report.tracing_lines(run.traced))
 
     results = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -361,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         "compression": run.compressed,
         "instructions": asdict(run.counted) if run.counted else None,
         "identity": run.identity,
+        "tracing": run.traced,
         "row_cost_us": run.row_cost_us,
         "memory_mib": run.memory_mib,
         "skipped": skipped,
@@ -373,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rendered into {performance.DOC}")
     failed = [
         f"{r['backend']} x{r['workers']} {r['rpc']} {r['door']}"
-        for r in run.rows + run.quiet + run.observed
+        for r in run.rows + run.quiet + run.observed + run.traced
         if r["errors"]
     ] + [f"{r['config']} {r['door']} round {r['round']}" for r in run.identity if r["errors"]]
     if failed:

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import uuid
+from pathlib import Path
 
 from server.observability import logs
 from server.settings import Settings, SettingsError
@@ -16,11 +17,14 @@ from server.settings import Settings, SettingsError
 # never loads the serving code (grpc, peewee, the drivers) its workers run.
 
 
-def envoy_config(settings: Settings, validate: bool, alone: bool) -> int:
+def envoy_config(
+    settings: Settings, validate: bool, alone: bool, output: Path | None, root: Path | None
+) -> int:
     from server.process import stack
+    from server.settings import PROJECT_ROOT
 
     servers = stack.upstreams_of(settings) if alone else stack.endpoints_file(settings)
-    path = stack.write_envoy_config(settings, servers)
+    path = stack.write_envoy_config(settings, servers, path=output, root=root or PROJECT_ROOT)
     if validate:
         stack.validate_envoy_config(path)
         print(f"{path}: valid")
@@ -86,10 +90,17 @@ def main(argv: list[str] | None = None) -> int:
         command.add_argument("--parent", type=int, help=argparse.SUPPRESS)
         command.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
         command.add_argument("--proxy-socket", help=argparse.SUPPRESS)
-    commands.add_parser("envoy", help="Envoy alone, in front of CONTACTS_UPSTREAMS")
+    envoy = commands.add_parser("envoy", help="Envoy alone, in front of CONTACTS_UPSTREAMS")
+    envoy.add_argument(
+        "--config", type=Path, help="a config envoy-config rendered (default: render one now)"
+    )
     config = commands.add_parser("envoy-config", help="render run's Envoy config into data/")
     config.add_argument("--validate", action="store_true", help="and check it with envoy")
     config.add_argument("--alone", action="store_true", help="`envoy`'s config instead")
+    config.add_argument("--output", type=Path, help="write it here instead of data/")
+    config.add_argument(
+        "--root", type=Path, help="where the project is where Envoy runs (default: here)"
+    )
     commands.add_parser("migrate", help="bring the database schema to the latest version")
     seeder = commands.add_parser("seed", help="a company with N generated contacts; prints its id")
     seeder.add_argument("--contacts", type=int, default=1000)
@@ -120,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("run", "serve"):
             return stack.run(settings, args.workers, envoy=args.command == "run")
         if args.command == "envoy":
-            return stack.run(settings, workers=0, envoy=True)
+            return stack.run(settings, workers=0, envoy=True, envoy_config=args.config)
     except SettingsError as error:
         print(f"configuration error: {error}", file=sys.stderr)
         return 2
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         return migrate(settings)
     if args.command == "envoy-config":
-        return envoy_config(settings, args.validate, args.alone)
+        return envoy_config(settings, args.validate, args.alone, args.output, args.root)
     return token(settings, args.sub, args.superuser, args.lifetime)
 
 

@@ -37,6 +37,7 @@ class Call:
         "reserved_id",
         "rest_path",
         "started",
+        "trace_id",
     )
 
     def __init__(self, request_id: str) -> None:
@@ -52,6 +53,7 @@ class Call:
         self.cause: str | None = None  # why the server failed it, when it did
         # The REST path Envoy was sent, for a call through its REST door (rest interceptor).
         self.rest_path: str | None = None
+        self.trace_id: str | None = None  # its OpenTelemetry trace, when traced
 
     def reply_with(self, *pairs: tuple[str, str]) -> None:
         """Metadata the reply carries, as trailers with the status (REST: headers)."""

@@ -108,6 +108,49 @@ def _choice(env: Mapping[str, str], name: str, default: str, choices: tuple[str,
     return value
 
 
+# OTEL_TRACES_SAMPLER's values (the OpenTelemetry specification's names); the
+# parent-based ones follow a caller's (Envoy's) decision and decide for new traces.
+SAMPLERS = (
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+)
+
+
+def _ratio(env: Mapping[str, str], name: str) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number from 0 to 1, got {raw!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise SettingsError(f"{name} must be a number from 0 to 1, got {raw!r}")
+    return value
+
+
+def _endpoint(raw: str) -> str:
+    """OTEL_EXPORTER_OTLP_ENDPOINT: http(s)://host:port, OTLP over gRPC."""
+    raw = raw.strip()
+    if not raw:
+        return ""
+    try:
+        parts = urlsplit(raw)
+        _ = parts.port  # a port that is not a number raises here
+    except ValueError as error:
+        raise SettingsError(f"OTEL_EXPORTER_OTLP_ENDPOINT: {error}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(
+            "OTEL_EXPORTER_OTLP_ENDPOINT must be http://host:port or https://host:port, "
+            f"got {raw!r}"
+        )
+    return raw
+
+
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -235,6 +278,12 @@ class Settings:
     def proxy_ca(self) -> str:
         """The CA Envoy's certificate is checked against on the proxy port."""
         return self.tls_client_ca or self.tls_ca
+    # OpenTelemetry, by its standard variables: where Envoy and the servers send
+    # spans (OTLP over gRPC); empty: no tracing at all, nothing of it loaded.
+    otel_endpoint: str = ""
+    otel_service_name: str = "contacts"
+    otel_sampler: str = "parentbased_always_on"
+    otel_sampler_arg: float = 1.0  # the ratio of the *traceidratio samplers
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -326,4 +375,8 @@ class Settings:
             tls_proxy_key=_path(env, "CONTACTS_TLS_PROXY_KEY"),
             tls_proxy_name=env.get("CONTACTS_TLS_PROXY_NAME", "").strip() or cls.tls_proxy_name,
             health_port=_int(env, "CONTACTS_HEALTH_PORT", cls.health_port),
+            otel_endpoint=_endpoint(env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")),
+            otel_service_name=env.get("OTEL_SERVICE_NAME", "").strip() or cls.otel_service_name,
+            otel_sampler=_choice(env, "OTEL_TRACES_SAMPLER", cls.otel_sampler, SAMPLERS),
+            otel_sampler_arg=_ratio(env, "OTEL_TRACES_SAMPLER_ARG"),
         )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -29,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.process import stack
-from server.settings import PROJECT_ROOT
+from server.settings import PROJECT_ROOT, Settings
 
 POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -45,6 +46,20 @@ def free_port() -> int:
             s.bind((wildcard, 0))
             return int(s.getsockname()[1])
     raise OSError("no free TCP port")
+
+
+def tool(name: str) -> str:
+    """A command-line tool the checks run (kubectl, promtool, hadolint ...), from the
+    PATH or the virtualenv: required in CI, else its checks are skipped."""
+    import pytest  # the bench shares this module, not pytest
+
+    beside_python = Path(sys.executable).parent / name
+    found = str(beside_python) if beside_python.exists() else shutil.which(name)
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{name} is missing, and CI must run this check")
+        pytest.skip(f"{name} is not installed")
+    return found
 
 
 def wait_for(
@@ -117,7 +132,8 @@ class Server:
     `proxy_port`), with `env` (CONTACTS_*) added to a clean environment; ready once
     every worker listens and health says SERVING. Workers drain for no time, and
     metrics are on another free port (`metrics_url`), unless `env` says otherwise.
-    `command` starts another server that takes its port from CONTACTS_GRPC_PORT."""
+    `command` starts another server that takes its port from CONTACTS_GRPC_PORT;
+    `proxy_port`, if given, is its door for Envoy."""
 
     def __init__(
         self,
@@ -125,11 +141,13 @@ class Server:
         workdir: Path,
         workers: int = 1,
         command: tuple[str, ...] = SERVE,
+        proxy_port: int | None = None,
     ) -> None:
         self.port = free_port()
         self.metrics_port = int(env.get("CONTACTS_METRICS_PORT", free_port()))
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-        self.proxy_port = free_port()
+        # Given: one an Envoy already sends to (a host that comes up later).
+        self.proxy_port = proxy_port or free_port()
         # Readiness is asked in plaintext: of the health port, when there is one (TLS).
         self.health_port = int(env.get("CONTACTS_HEALTH_PORT") or self.port)
         argv = [*command, *(["--workers", str(workers)] if workers > 1 else [])]
@@ -272,6 +290,7 @@ class Envoy:
         workdir: Path,
         log_format: str = "text",
         cors_origins: tuple[str, ...] = (),
+        settings: Settings | None = None,
     ) -> None:
         if isinstance(upstreams, int):
             upstreams = [("127.0.0.1", upstreams)]
@@ -285,6 +304,7 @@ class Envoy:
                 http_address="127.0.0.1",
                 log_format=log_format,
                 cors_origins=cors_origins,
+                settings=settings,  # its tracing, if any
             )
         )
         admin_file = workdir / f"{name}-admin-address"

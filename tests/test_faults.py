@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
+from server.rpc.app import LIVENESS
 from tests.harness import Envoy, Server, free_port, wait_for
 
 UNAVAILABLE = {"detail": "The database is unavailable, try again shortly"}
@@ -112,8 +113,9 @@ def server_on(private_postgres: PrivatePostgres, tmp_path: Path) -> Iterator[Ser
     server.stop()
 
 
-def health(channel: grpc.Channel) -> int:
-    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+def health(channel: grpc.Channel, service: str = "") -> int:
+    request = health_pb2.HealthCheckRequest(service=service)
+    reply = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
     return int(reply.status)
 
 
@@ -149,6 +151,8 @@ def test_outage_is_503_at_once_and_recovers_without_restart(
             lambda: health(channel) == health_pb2.HealthCheckResponse.NOT_SERVING,
             what="health to say NOT_SERVING",
         )
+        # A liveness probe (Kubernetes') must not restart a server for an outage.
+        assert health(channel, LIVENESS) == health_pb2.HealthCheckResponse.SERVING
 
         # The log names the cause, once for the outage and on each failed call's line
         # (written by the log's own thread, a moment after).

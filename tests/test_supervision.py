@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.process.supervisor import Supervisor
+from server.rpc.app import LIVENESS
 from server.settings import PROJECT_ROOT, Settings
 from tests.harness import SERVE, Server, Stack, free_port, spawn, wait_for
 from tests.test_operations import gone, port_free
@@ -60,15 +61,18 @@ def test_sigterm_drains_then_stops(env: dict[str, str], tmp_path: Path) -> None:
         contacts = contacts_pb2_grpc.ContactsServiceStub(channel)
         server.process.send_signal(signal.SIGTERM)
 
-        def status() -> int:
-            return int(health.Check(health_pb2.HealthCheckRequest(), timeout=5).status)
+        def status(service: str = "") -> int:
+            request = health_pb2.HealthCheckRequest(service=service)
+            return int(health.Check(request, timeout=5).status)
 
-        # Within the drain: health says NOT_SERVING, and calls are still answered.
+        # Within the drain: health says NOT_SERVING, and calls are still answered;
+        # a liveness probe (Kubernetes') is still answered SERVING.
         wait_for(
             lambda: status() == health_pb2.HealthCheckResponse.NOT_SERVING,
             drain,
             "NOT_SERVING",
         )
+        assert status(LIVENESS) == health_pb2.HealthCheckResponse.SERVING
         with pytest.raises(grpc.RpcError) as answered:
             contacts.GetContact(pb.GetContactRequest(contact_id=str(uuid.uuid4())), timeout=5)
         assert answered.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]

@@ -21,7 +21,7 @@ import contextvars
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Self, TypeVar
 
 from server.data.pages import ContactPage
 from server.data.queries import CompanyRow, ContactRow, PostgresReads
@@ -45,7 +45,7 @@ class Offload:
         self._readers = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="db-read")
 
     @classmethod
-    async def open(cls, store: Store, threads: int, url: str) -> Offload:
+    async def open(cls, store: Store, threads: int, url: str) -> Self:
         postgres = await PostgresReads.connect(url, threads) if store.pooled else None
         return cls(store, threads, postgres)
 

@@ -140,6 +140,7 @@ class CallLines:
         client: str,
         request_id: str,
         cause: str | None = None,
+        trace_id: str | None = None,
     ) -> None:
         """The line of a call that ended with `code` after `seconds`, at `level`, which
         the caller has checked the logger logs at."""
@@ -152,6 +153,8 @@ class CallLines:
             "client": client,
             "request_id": request_id,
         }
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
         if cause is not None:
             fields["cause"] = cause
         logger = self.logger  # what Logger.log() does once it has checked the level

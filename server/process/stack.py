@@ -22,7 +22,7 @@ from server import rest
 from server.certificates import CertificateFiles
 from server.contract import Contract
 from server.observability import exposition
-from server.process import endpoints, sds
+from server.process import endpoints, sds, telemetry
 from server.process.supervisor import Supervisor
 from server.settings import DATA_DIR, PROJECT_ROOT, Settings, SettingsError, Upstreams
 
@@ -95,13 +95,18 @@ def render_envoy_config(
     log_format: str = "text",
     cors_origins: tuple[str, ...] = (),
     tls: tuple[Path, str] | None = None,
+    root: Path = PROJECT_ROOT,
+    settings: Settings | None = None,
 ) -> str:
     """Envoy in front of the servers: at host:port pairs (their proxy ports), or those
     the file at a Path lists (see endpoints.discovery). With tls (the folder of its SDS
     files, server/process/sds.py, and the CA of the servers' certificates) its port
     speaks TLS only, and it reaches servers at host:port pairs over mutual TLS. Browsers
-    on cors_origins may call them."""
+    on cors_origins may call them. The files it serves (the descriptors, the docs page)
+    are named under `root`: where the project is on the host that runs this Envoy (the
+    container image's /app, say). `settings` give its tracing (OTEL_*), if any."""
     template = Template((ENVOY_DIR / "envoy.yaml.tmpl").read_text())
+    here = {path: root / path.relative_to(PROJECT_ROOT) for path in (DESCRIPTOR, OPENAPI)}
     reads, creates = resendable()
     return template.substitute(
         rest_lua=json.dumps(render_rest_lua()),  # a JSON string is a YAML string
@@ -114,13 +119,15 @@ def render_envoy_config(
         http_port=http_port,
         admin_port=admin_port,
         http_address=http_address,
-        descriptor_path=DESCRIPTOR,
-        openapi_path=OPENAPI,
-        docs_path=ENVOY_DIR,
-        swagger_ui_path=SWAGGER_UI,
+        descriptor_path=here[DESCRIPTOR],
+        openapi_path=here[OPENAPI],
+        docs_path=root / ENVOY_DIR.relative_to(PROJECT_ROOT),
+        swagger_ui_path=root / SWAGGER_UI.relative_to(PROJECT_ROOT),
         access_log_format=ACCESS_LOG_FORMATS[log_format],
         downstream_tls=json.dumps(downstream_tls(tls)),
         upstream_tls=json.dumps(None if isinstance(servers, Path) else upstream_tls(tls)),
+        tracing=telemetry.tracing(settings) if settings else "",
+        tracing_cluster=telemetry.tracing_cluster(settings) if settings else "",
     )
 
 
@@ -265,17 +272,21 @@ def write_envoy_config(
     settings: Settings,
     servers: Upstreams | Path,
     secrets: dict[str, CertificateFiles] | None = None,
+    path: Path | None = None,
+    root: Path = PROJECT_ROOT,
 ) -> Path:
-    """Envoy's config in front of `servers` (see endpoints.discovery); a file of
-    endpoints that does not exist yet is made, listing none. With TLS configured, its
-    certificates (`secrets`, else read now) go to its SDS files."""
+    """Envoy's config in front of `servers` (see endpoints.discovery), at `path` (by
+    default in data/), naming its files under `root`; a file of endpoints that does
+    not exist yet is made, listing none. With TLS configured, its certificates
+    (`secrets`, else read now) go to its SDS files."""
     if isinstance(servers, Path) and not servers.exists():
         endpoints.write(servers, [])
-    # One file per HTTP port, so that stacks side by side keep their own, and
-    # per form: rendering `envoy`'s must not change the one a `run` restarts
-    # its Envoy with.
-    alone = "" if isinstance(servers, Path) else "-alone"
-    path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
+    if path is None:
+        # One file per HTTP port, so that stacks side by side keep their own, and
+        # per form: rendering `envoy`'s must not change the one a `run` restarts
+        # its Envoy with.
+        alone = "" if isinstance(servers, Path) else "-alone"
+        path = DATA_DIR / f"envoy-{settings.http_port}{alone}.yaml"
     tls = None
     if settings.tls:
         for name, files in (secrets or envoy_secrets(settings, servers)).items():
@@ -290,6 +301,8 @@ def write_envoy_config(
             log_format=settings.log_format,
             cors_origins=settings.cors_origins,
             tls=tls,
+            root=root,
+            settings=settings,
         )
     )
     return path
@@ -373,9 +386,13 @@ def check_free(port: int, host: str = "") -> None:
             ) from None
 
 
-def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
+def run(
+    settings: Settings, workers: int = 1, envoy: bool = True, envoy_config: Path | None = None
+) -> int:
     """Runs `workers` server processes (none: Envoy alone) and Envoy if asked, under
-    the supervisor, until SIGINT/SIGTERM; leaves no process behind."""
+    the supervisor, until SIGINT/SIGTERM; leaves no process behind. Envoy runs the
+    config rendered into data/ at start or, given `envoy_config`, that one (rendered
+    beforehand: a Kubernetes ConfigMap, where nothing may be written)."""
     # With its own Envoy, each worker opens Envoy's door on a Unix socket of
     # its own, and the supervisor lists those that serve in this file.
     listed = endpoints_file(settings) if workers and envoy else None
@@ -397,7 +414,10 @@ def run(settings: Settings, workers: int = 1, envoy: bool = True) -> int:
     if envoy:
         servers = upstreams_of(settings) if listed is None else listed
         secrets = envoy_secrets(settings, servers)
-        config = write_envoy_config(settings, servers, secrets)
+        config = envoy_config or write_envoy_config(settings, servers, secrets)
+        if envoy_config is not None:  # a config rendered elsewhere still reads its SDS files here
+            for name, files in secrets.items():
+                sds.write(tls_folder(settings), name, files.current)
         validate_envoy_config(config)
         command = envoy_command(config)
     log.info(

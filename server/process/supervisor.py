@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 STABLE_SECONDS = 10.0  # a child that dies sooner than this after starting "keeps dying"
 BACKOFF_MAX_SECONDS = 30.0
 ENVOY_STOP_SECONDS = 10.0
+# Past a worker's drain and its STOP_GRACE_SECONDS, how long a stop waits for it
+# before killing it: a stop takes at most drain + grace + this (and Envoy's stop).
+STOP_MARGIN_SECONDS = 5.0
 STOP = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -307,7 +310,7 @@ class Supervisor:
         self.to_replace = []
         for child in list(self.live):
             self._drain(child, unlist=False)
-        deadline = time.monotonic() + drain + STOP_GRACE_SECONDS + 5
+        deadline = time.monotonic() + drain + STOP_GRACE_SECONDS + STOP_MARGIN_SECONDS
         while self.draining and time.monotonic() < deadline:
             came, readable = signals.wait(0.5, self._ready_fds())
             for fd in readable:

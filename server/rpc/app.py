@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 import grpc
 import uvloop
@@ -38,6 +39,9 @@ from server.rpc.paging import PageTokens
 from server.rpc.services import Companies, Contacts
 from server.settings import Settings
 
+if TYPE_CHECKING:
+    from server.observability.traces import Tracing
+
 log = logging.getLogger(__name__)
 
 MAX_STREAMS_PER_CONNECTION = 128
@@ -45,6 +49,12 @@ MAX_REQUEST_BYTES = 1 << 20  # a gRPC message; no request of ours comes near it
 MAX_METADATA_BYTES = 16 << 10
 
 SERVICES = tuple(s.full_name for s in contacts_pb2.DESCRIPTOR.services_by_name.values())
+# A grpc.health.v1 service name that says SERVING while this process answers at
+# all, draining or not, database or not: what a liveness probe (Kubernetes')
+# asks, so that it restarts a wedged server and never one that is merely
+# draining or waiting for its database. "" and SERVICES say whether to send
+# calls here (readiness).
+LIVENESS = "liveness"
 
 
 class App:
@@ -78,6 +88,13 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._finished: asyncio.Event | None = None
+        self._draining = False
+        # OpenTelemetry, only with an endpoint: unset, its packages are not even loaded.
+        self.tracing: Tracing | None = None
+        if settings.otel_endpoint:
+            from server.observability.traces import Tracing
+
+            self.tracing = Tracing(settings)
 
     def start(self) -> None:
         ready: concurrent.futures.Future[tuple[int, int]] = concurrent.futures.Future()
@@ -92,8 +109,7 @@ class App:
         calls are still served: an Envoy that health-checks this server (`python -m
         server envoy`) sees it and sends elsewhere."""
         if self._loop is not None:
-            coroutine = self._health.enter_graceful_shutdown()
-            asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+            asyncio.run_coroutine_threadsafe(self._drain(), self._loop).result()
 
     def stop(self, grace: float = 5.0) -> None:
         """Stops accepting calls, gives those in flight `grace` seconds, and returns
@@ -107,9 +123,7 @@ class App:
         self._loop = asyncio.get_running_loop()
         self._finished = asyncio.Event()
         try:
-            offload = await Offload.open(
-                self.store, self.settings.threads, self.settings.database_url
-            )
+            offload = await self._offload()
             buckets = buckets_for(self.settings) if self.buckets is None else self.buckets
             # One per process: its key set (OIDC) is fetched once for both doors.
             verifier = verifier_for(self.settings)
@@ -154,11 +168,13 @@ class App:
                         envoy_name,
                         metered=bool(self.settings.metrics_port),
                         envoy_door=envoy_door,
+                        tracing=self.tracing,
                     )
                 )
             if self.settings.health_port:
                 servers.append(self._health_only(health_servicer))
             await self._report(health_servicer, health_pb2.HealthCheckResponse.SERVING)
+            await health_servicer.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
             for server, _ in servers:
                 await server.start()
         except BaseException as error:
@@ -172,6 +188,8 @@ class App:
         await offload.close()
         await buckets.close()
         await verifier.close()
+        if self.tracing is not None:  # the last spans, sent before the process goes
+            await asyncio.to_thread(self.tracing.shutdown)
 
     def _health_only(
         self, health_servicer: health_aio.HealthServicer
@@ -186,18 +204,35 @@ class App:
             raise OSError(f"cannot listen on {address}")
         return server, port
 
+    async def _drain(self) -> None:
+        """NOT_SERVING for good (the database probe no longer changes it), except
+        LIVENESS: the process still answers."""
+        self._draining = True
+        await self._report(self._health, health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def _offload(self) -> Offload:
+        """The way to the database; with tracing on, one that makes spans of it."""
+        threads, url = self.settings.threads, self.settings.database_url
+        if self.tracing is None:
+            return await Offload.open(self.store, threads, url)
+        from server.data.traced import TracedOffload
+
+        return await TracedOffload.open_traced(self.store, threads, url, self.tracing)
+
     async def _shutdown(self, grace: float) -> None:
         # NOT_SERVING first, so Envoy stops sending before the port closes.
-        await self._health.enter_graceful_shutdown()
-        metrics.HEALTH_SERVING.set(0)
+        await self._drain()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         assert self._finished is not None
         self._finished.set()
 
     async def _report(self, health_servicer: health_aio.HealthServicer, status: int) -> None:
-        metrics.HEALTH_SERVING.set(status == health_pb2.HealthCheckResponse.SERVING)
+        serving = status == health_pb2.HealthCheckResponse.SERVING
         for name in ("", *SERVICES):
+            if serving and self._draining:  # a probe's report that a drain overtook
+                return
             await health_servicer.set(name, status)
+        metrics.HEALTH_SERVING.set(serving)
 
     async def _watch_database(self, offload: Offload) -> None:
         """Health follows the database: NOT_SERVING while it cannot be reached."""
@@ -216,7 +251,7 @@ class App:
                 log.exception("the database probe failed")
                 reachable, cause = False, error
             metrics.DATABASE_CONNECTIONS_IN_USE.set(self.store.connections_in_use())
-            if reachable != serving:
+            if reachable != serving and not self._draining:
                 serving = reachable
                 if reachable:
                     log.warning("database reachable again")
@@ -247,6 +282,7 @@ def build_server(
     proxy_name: str | None = None,
     metered: bool = False,
     envoy_door: bool = False,
+    tracing: Tracing | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """The server bound to settings.grpc_port (0 picks a free port), not yet started.
 
@@ -273,7 +309,7 @@ def build_server(
                 settings.stream_idle,
                 functools.partial(identify, verifier=verifier),
             ),
-            CallInterceptor(limiter.client, metered, contract),
+            CallInterceptor(limiter.client, metered, contract, tracing),
             ErrorInterceptor(),
             limiter,  # every call counts, whatever becomes of it
             RestInterceptor(contract, envoy_door),

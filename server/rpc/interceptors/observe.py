@@ -10,7 +10,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from grpc_interceptor import AsyncServerInterceptor
@@ -22,6 +22,9 @@ from server.observability import logs
 from server.observability.metrics import MethodMetrics
 from server.rpc.interceptors.errors import SERVER_FAULTS
 
+if TYPE_CHECKING:  # loaded only when tracing is on
+    from server.observability.traces import Tracing
+
 log = logging.getLogger("server.calls")  # the call lines: operators select them by this name
 
 _FAULT_NAMES = frozenset(code.name for code in SERVER_FAULTS)
@@ -29,15 +32,17 @@ QUIET_SERVICES = frozenset({"grpc.health.v1.Health"})  # probed every few second
 
 
 class _Method:
-    """What every call of one RPC shares: its metrics children, its line, its log level."""
+    """What every call of one RPC shares: its metrics children, its line, its log level,
+    whether it is traced (the API's unary calls: not health probes or reflection)."""
 
-    __slots__ = ("level", "lines", "metrics")
+    __slots__ = ("level", "lines", "metrics", "traced")
 
-    def __init__(self, path: str, kind: str, metered: bool) -> None:
+    def __init__(self, path: str, kind: str, metered: bool, traced: bool) -> None:
         self.metrics = MethodMetrics(path, kind) if metered else None
         self.lines = logs.CallLines(log, path)
         service = path.strip("/").partition("/")[0]
         self.level = logging.DEBUG if service in QUIET_SERVICES else logging.INFO
+        self.traced = traced and kind == "unary"
 
 
 class CallInterceptor(AsyncServerInterceptor):
@@ -47,6 +52,10 @@ class CallInterceptor(AsyncServerInterceptor):
 
     `client(context)` is the rate limiter's client key, asked for only when a line
     is written and remembered on the call, so it is decided once.
+
+    With `tracing`, an API call is also a span (observability/traces.py), current
+    while the call is served, whose trace id its line names and its reply carries
+    (`traceresponse`).
     """
 
     def __init__(
@@ -54,10 +63,12 @@ class CallInterceptor(AsyncServerInterceptor):
         client: Callable[[grpc.aio.ServicerContext], str],
         metered: bool,
         contract: Contract,
+        tracing: Tracing | None = None,
     ) -> None:
         self._client = client
         self._metered = metered  # grpc_server_* metrics counted, or none at all
         self._contract = contract
+        self._tracing = tracing
         self._methods: dict[str, _Method] = {}
 
     async def intercept(
@@ -66,11 +77,20 @@ class CallInterceptor(AsyncServerInterceptor):
         observed = self._methods.get(method_name)
         if observed is None:  # only methods that exist get here: the map stays bounded
             kind = self._contract.kind(method_name)
-            observed = self._methods[method_name] = _Method(method_name, kind, self._metered)
+            traced = self._tracing is not None and self._contract.get(method_name) is not None
+            observed = self._methods[method_name] = _Method(
+                method_name, kind, self._metered, traced
+            )
         call = calls.current() or calls.begin(context.invocation_metadata())
         call.expire_in(context.time_remaining())
         if observed.metrics is not None:
             observed.metrics.begin()
+        span = None
+        if observed.traced:
+            assert self._tracing is not None
+            span = self._tracing.begin(method_name, context.invocation_metadata() or ())
+            call.trace_id, reply_header = self._tracing.ids(span)
+            call.reply_with(reply_header)
         # What grpc answers for an error not mapped; None: the stream ends the call.
         code: grpc.StatusCode | None = grpc.StatusCode.UNKNOWN
         try:
@@ -93,6 +113,11 @@ class CallInterceptor(AsyncServerInterceptor):
         finally:
             if code is not None:
                 self._end(observed, call, code, context)
+            if span is not None:
+                assert self._tracing is not None
+                final = code or grpc.StatusCode.UNKNOWN
+                fault = final._name_ in _FAULT_NAMES
+                self._tracing.end(span, final._name_, final.value[0], fault)
         # With the status, in the reply's one batch (rest.lua makes REST headers of
         # it): initial metadata would go in a batch of its own, and a worker killed
         # between the two leaves Envoy a reply begun, which it cannot send elsewhere.
@@ -148,4 +173,6 @@ class CallInterceptor(AsyncServerInterceptor):
         if not log.isEnabledFor(level):  # nothing is formatted for a line not written
             return
         client = self._client_of(call, context)
-        observed.lines.write(level, name, elapsed, client, call.request_id, call.cause)
+        observed.lines.write(
+            level, name, elapsed, client, call.request_id, call.cause, call.trace_id
+        )
