@@ -69,14 +69,12 @@ validate-envoy: $(STAMP) $(BUF)
 # Envoy's config for Kubernetes (the ConfigMap contacts-envoy), rendered from the
 # settings its pods get, naming files where the image keeps them (/app).
 # tests/test_deploy.py fails while it is stale.
-# The TLS component's is rendered from the same settings and its own on top.
+# The TLS component's Envoy renders its own at start (it writes its SDS files).
 K8S := deploy/kubernetes
 RENDER := CONTACTS_JWT_SECRET=a-secret-for-rendering-only-never-used-to-sign \
   $(PY) -m server envoy-config --alone --root /app --output
 deploy-config: $(STAMP)
 	env $$(grep -hv '^#' $(K8S)/base/envoy/envoy.env) $(RENDER) $(K8S)/base/envoy/envoy.yaml
-	env $$(grep -hv '^#' $(K8S)/base/envoy/envoy.env $(K8S)/components/tls/envoy.env) \
-	  $(RENDER) $(K8S)/components/tls/envoy.yaml
 
 # Load numbers: the service against a bare grpcio baseline, gRPC direct (h2load)
 # and REST through Envoy (wrk), on SQLite and on PostgreSQL at PG_DSN (skipped,

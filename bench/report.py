@@ -240,6 +240,7 @@ def compression_lines(rows: list[Row]) -> str:
             f"  {rpc:<15} gzip {rps['gzip']:8,.0f} req/s  identity {rps['identity']:8,.0f} req/s  "
             f"cost {cost:6.1%} {bound:<28} bytes {size['gzip']:,} vs {size['identity']:,}"
         )
+    return "\n".join(lines)
 
 
 def tracing_lines(rows: list[Row]) -> str:

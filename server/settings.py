@@ -238,6 +238,7 @@ class Settings:
         never used as it is for a second purpose."""
         secret = (self.page_token_secret or self.jwt_secret).encode()
         return hmac.new(secret, b"contacts.v1 ListContacts page tokens", hashlib.sha256).digest()
+
     # Browser origins whose pages may call the service (CORS, answered by Envoy);
     # empty: no CORS headers at all, so browsers keep other origins' pages out.
     cors_origins: tuple[str, ...] = ()
@@ -278,6 +279,7 @@ class Settings:
     def proxy_ca(self) -> str:
         """The CA Envoy's certificate is checked against on the proxy port."""
         return self.tls_client_ca or self.tls_ca
+
     # OpenTelemetry, by its standard variables: where Envoy and the servers send
     # spans (OTLP over gRPC); empty: no tracing at all, nothing of it loaded.
     otel_endpoint: str = ""

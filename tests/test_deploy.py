@@ -184,8 +184,14 @@ def test_settings_of_the_servers(objects: list[dict[str, Any]]) -> None:
     assert settings["CONTACTS_METRICS_HOST"] == "0.0.0.0"  # Prometheus scrapes from elsewhere
     assert pod["metadata"]["annotations"]["prometheus.io/port"] == settings["CONTACTS_METRICS_PORT"]
     assert pod["spec"]["enableServiceLinks"] is False  # no CONTACTS_GRPC_PORT=tcp://...
-    # The settings a ConfigMap gives are read by Settings, as they would be in a pod.
-    Settings.from_env({**settings, "CONTACTS_JWT_SECRET": RENDER_SECRET})
+    # The settings a ConfigMap gives are read by Settings, as they would be in a pod;
+    # the files they name (certificates) are mounted there, not here.
+    files = {name: value for name, value in settings.items() if value.startswith("/etc/")}
+    mounted = {m["mountPath"] for c in pod["spec"]["containers"] for m in c.get("volumeMounts", [])}
+    for name, value in files.items():
+        assert str(Path(value).parent) in mounted, f"{name}: {value} is not mounted"
+    given = {k: v for k, v in settings.items() if k not in files}
+    Settings.from_env({**given, "CONTACTS_JWT_SECRET": RENDER_SECRET})
 
 
 def test_secrets_only_by_reference(objects: list[dict[str, Any]]) -> None:
@@ -274,7 +280,9 @@ def test_envoy_sends_to_every_server_through_the_headless_service(
         server["spec"]["template"]["metadata"]["labels"].items()
     )
     env = config_map(objects, "contacts-envoy-env")
-    settings = Settings.from_env({**env, "CONTACTS_JWT_SECRET": RENDER_SECRET})
+    # Certificates (TLS) are files mounted in the pod, not here.
+    given = {k: v for k, v in env.items() if not v.startswith("/etc/")}
+    settings = Settings.from_env({**given, "CONTACTS_JWT_SECRET": RENDER_SECRET})
     ((host, port),) = settings.upstreams
     assert host == headless["metadata"]["name"]
     (door,) = headless["spec"]["ports"]
@@ -295,6 +303,13 @@ def test_envoy_runs_the_config_map(objects: list[dict[str, Any]]) -> None:
     pod = deployment["spec"]["template"]["spec"]
     envoy = container(deployment, "envoy")
     args = envoy["args"]
+    mounts = {m["mountPath"]: m["name"] for m in envoy["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    if "/etc/contacts/tls-public" in mounts:
+        # TLS: it renders its own config, and writes its certificates' SDS files.
+        assert args == ["envoy"]
+        assert "emptyDir" in volumes[mounts["/app/data"]]
+        return
     assert args[:2] == ["envoy", "--config"]
     config = Path(args[2])
     mounts = {m["mountPath"]: m["name"] for m in envoy["volumeMounts"]}
@@ -312,7 +327,6 @@ def test_envoy_runs_the_config_map(objects: list[dict[str, Any]]) -> None:
 
 RENDERED = {  # Envoy's config: from the settings of these env files, in order
     BASE / "envoy" / "envoy.yaml": [BASE / "envoy" / "envoy.env"],
-    TLS / "envoy.yaml": [BASE / "envoy" / "envoy.env", TLS / "envoy.env"],
 }
 
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from server.data.offload import Offload
+from server.data.pages import ContactPage
 from server.data.queries import CompanyRow, ContactRow
 from server.data.store import Store
 from server.observability.traces import Tracing
@@ -40,9 +41,9 @@ class TracedOffload(Offload):
         with self.tracing.database("company"):
             return await super().company(company_id)
 
-    async def contacts(self, company_id: uuid.UUID, skip: int, limit: int) -> list[ContactRow]:
+    async def contacts(self, page: ContactPage) -> list[ContactRow]:
         with self.tracing.database("contacts"):
-            return await super().contacts(company_id, skip, limit)
+            return await super().contacts(page)
 
     async def companies(self, owner_id: str | None, skip: int, limit: int) -> list[CompanyRow]:
         with self.tracing.database("companies"):
