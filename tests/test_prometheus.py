@@ -26,7 +26,7 @@ PROMETHEUS = PROJECT_ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS / "rules.yaml"
 # Served once change events exist (CONTRACT.md, "Change events"), by servers
 # that publish them; this scrape's server has none.
-NOT_HERE = {"contacts_outbox_oldest_age_seconds"}
+NOT_HERE = {"contacts_events_outbox_oldest_seconds"}
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
