@@ -15,7 +15,11 @@ DEFAULT_PAGE = 100
 MAX_PAGE = 1000
 # The bounds of the paging fields, as page() enforces them (the OpenAPI
 # document states them from here): name -> (minimum, maximum, absent or 0 means).
-PAGE_BOUNDS = {"skip": (0, 2**31 - 1, 0), "limit": (0, MAX_PAGE, DEFAULT_PAGE)}
+PAGE_BOUNDS = {
+    "skip": (0, 2**31 - 1, 0),
+    "limit": (0, MAX_PAGE, DEFAULT_PAGE),
+    "page_size": (0, MAX_PAGE, DEFAULT_PAGE),
+}
 
 # Deliberately simple: one @, no spaces, a dot in the domain. Deliverability
 # is the mail server's business, not ours.

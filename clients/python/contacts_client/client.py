@@ -131,14 +131,19 @@ class Client:
         self._call(self.contacts.DeleteContact, request, extra, retry=False)
 
     def list_contacts(self, company_id: str, *, page_size: int = PAGE_SIZE) -> Iterator[pb.Contact]:
-        """Every contact of the company, oldest first, a page at a time."""
-
-        def page(skip: int) -> Sequence[pb.Contact]:
-            request = pb.ListContactsRequest(company_id=company_id, skip=skip, limit=page_size)
+        """Every contact of the company, oldest first, a page at a time: by page tokens,
+        so contacts created or deleted during the walk shift no page (each contact that
+        exists throughout is seen exactly once)."""
+        token = ""
+        while True:
+            request = pb.ListContactsRequest(
+                company_id=company_id, page_size=page_size, page_token=token
+            )
             reply, _ = self._call(self.contacts.ListContacts, request, (), retry=True)
-            return list(reply.contacts)
-
-        return _pages(page, page_size)
+            yield from reply.contacts
+            token = reply.next_page_token
+            if not token:
+                return
 
     # --- companies --------------------------------------------------------------------
 
