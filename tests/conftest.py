@@ -30,6 +30,11 @@ from tests import harness
 from tests.harness import Envoy, empty_database
 
 BACKEND = os.environ.get("CONTACTS_TEST_BACKEND", "sqlite")
+# What no database changes (clients nobody here wrote, manifests, alert rules) runs
+# once, in the SQLite half: the PostgreSQL half pays only for what it varies.
+database_independent = pytest.mark.skipif(
+    BACKEND == "postgresql", reason="database-independent: run once, in the SQLite half"
+)
 POSTGRES_DSN = os.environ.get("CONTACTS_TEST_POSTGRES", harness.POSTGRES_DSN)
 
 

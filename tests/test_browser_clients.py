@@ -23,8 +23,10 @@ from server.auth.tokens import Tokens
 from server.rpc.app import App
 from server.settings import PROJECT_ROOT
 from tests.browser import Browser, Refuser, chromium_binary
-from tests.conftest import Rest
+from tests.conftest import Rest, database_independent
 from tests.harness import Envoy, free_port
+
+pytestmark = database_independent
 
 WEB = Path(__file__).with_name("web")
 ESBUILD = PROJECT_ROOT / "node_modules" / ".bin" / "esbuild"

@@ -16,7 +16,10 @@ import pytest
 from server.auth.tokens import Tokens
 from server.rpc.app import App
 from server.settings import PROJECT_ROOT
+from tests.conftest import database_independent
 from tests.harness import Envoy
+
+pytestmark = database_independent
 
 PACKAGE = PROJECT_ROOT / "clients" / "python"
 # What the server needs and a client of it must not have to install.

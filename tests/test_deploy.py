@@ -24,7 +24,10 @@ from server.process import endpoints, stack
 from server.process.supervisor import ENVOY_STOP_SECONDS, STOP_MARGIN_SECONDS
 from server.rpc.app import LIVENESS
 from server.settings import PROJECT_ROOT, STOP_GRACE_SECONDS, Settings
+from tests.conftest import database_independent
 from tests.harness import tool
+
+pytestmark = database_independent
 
 KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
 BASE = KUBERNETES / "base"

@@ -17,8 +17,10 @@ import pytest
 
 from server.rpc.app import App
 from server.settings import PROJECT_ROOT
-from tests.conftest import Rest
+from tests.conftest import Rest, database_independent
 from tests.harness import Envoy
+
+pytestmark = database_independent
 
 HERE = Path(__file__).with_name("generated")
 BIN = Path(sys.executable).parent

@@ -19,8 +19,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from contacts.v1 import contacts_pb2 as pb
 from contacts.v1 import contacts_pb2_grpc
 from server.settings import PROJECT_ROOT
+from tests.conftest import database_independent
 from tests.harness import Server, tool
 from tests.test_observability import server_env
+
+pytestmark = database_independent
 
 PROMETHEUS = PROJECT_ROOT / "deploy" / "prometheus"
 RULES = PROMETHEUS / "rules.yaml"
