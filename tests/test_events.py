@@ -64,27 +64,26 @@ async def _quiet(error: Exception) -> None:
     """nats-py's own error callback would log each refused connection with a traceback."""
 
 
-async def _answers(url: str) -> bool:
-    connection = await nats.connect(
+async def _connect(url: str, timeout: float) -> nats.NATS:
+    """One connection that gives up instead of reconnecting: a test asks, once."""
+    return await nats.connect(
         servers=[url],
-        connect_timeout=1,
+        connect_timeout=timeout,
         allow_reconnect=False,
         max_reconnect_attempts=1,
         error_cb=_quiet,
     )
+
+
+async def _answers(url: str) -> bool:
+    connection = await _connect(url, 1)
     await connection.close()
     return True
 
 
 async def _stream(url: str) -> list[tuple[str, str, pb.ContactEvent]]:
     """Every message of the stream: (subject, Nats-Msg-Id, the decoded event)."""
-    connection = await nats.connect(
-        servers=[url],
-        connect_timeout=2,
-        allow_reconnect=False,
-        max_reconnect_attempts=1,
-        error_cb=_quiet,
-    )
+    connection = await _connect(url, 2)
     try:
         js = connection.jetstream()
         try:
